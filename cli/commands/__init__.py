@@ -1,0 +1,5 @@
+"""Sub-commands of ``swd-keras``; importing a module registers its commands on ``cli``.
+
+Command modules import keras and swd_keras only inside their functions, so that
+``--backend`` can set ``KERAS_BACKEND`` before Keras is first imported.
+"""

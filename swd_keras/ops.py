@@ -1,0 +1,441 @@
+"""The DARTS candidate operations as Keras layers (SPEC §1).
+
+Layouts are channels-last. Convolutions and pools use ``padding="same"``; at stride 2
+this pads (0, 1) where DARTS' PyTorch code pads (1, 1): the parameter counts are the
+same, the sampling grid is shifted by one pixel (see ``docs/DESIGN.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+from keras import layers, ops
+
+PRIMITIVES: tuple[str, ...] = (
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+    "skip_connect",
+    "avg_pool_3x3",
+    "max_pool_3x3",
+    "none",
+)
+"""The candidate operations of an edge, in the order that fixes their channel slices."""
+
+PARAMETER_FREE: frozenset[str] = frozenset(
+    {"skip_connect", "avg_pool_3x3", "max_pool_3x3", "none"}
+)
+"""Operations without weights at stride 1 (the 'collapse' ops of DARTS)."""
+
+# PyTorch's BatchNorm2d momentum=0.1 and eps=1e-5, in Keras' convention.
+_BN_MOMENTUM = 0.9
+_BN_EPSILON = 1e-5
+
+
+def make_batch_norm(affine: bool, name: str | None = None) -> layers.BatchNormalization:
+    """A BatchNormalization with DARTS' settings; ``affine=False`` drops gamma and beta."""
+    return layers.BatchNormalization(
+        momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, center=affine, scale=affine, name=name
+    )
+
+
+class _Composite(layers.Layer):
+    """A layer made of a fixed chain of sublayers, built directly in ``build()``.
+
+    Building the sublayers here (instead of letting Keras trace ``call`` symbolically)
+    keeps model construction fast; see KERAS-NOTES.
+    """
+
+    def _chain(self) -> list[layers.Layer]:
+        raise NotImplementedError
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self._chain():
+            layer.build(shape)
+            shape = tuple(layer.compute_output_shape(shape))
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self._chain():
+            shape = tuple(layer.compute_output_shape(shape))
+        return shape
+
+
+@keras.saving.register_keras_serializable(package="swd_keras")
+class ReLUConvBN(_Composite):
+    """ReLU, a bias-free convolution, then BatchNorm.
+
+    Args:
+        filters: output channels.
+        kernel_size: convolution window.
+        strides: convolution stride.
+        affine: whether the BatchNorm learns a scale and an offset.
+
+    Call arguments:
+        x: a (b, h, w, c) tensor.
+        training: whether BatchNorm uses batch statistics.
+
+    Returns:
+        A (b, h / strides, w / strides, filters) tensor.
+
+    Example:
+        >>> y = ReLUConvBN(16)(keras.ops.ones((2, 8, 8, 4)))
+    """
+
+    def __init__(self, filters: int, kernel_size: int = 1, strides: int = 1,
+                 affine: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.strides, self.affine = (
+            filters, kernel_size, strides, affine)
+        self.conv = layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
+                                  use_bias=False, name="conv")
+        self.bn = make_batch_norm(affine, name="bn")
+
+    def _chain(self):
+        return [self.conv, self.bn]
+
+    def call(self, x, training=None):
+        return self.bn(self.conv(ops.relu(x)), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": self.kernel_size, "strides": self.strides,
+                "affine": self.affine}
+
+
+@keras.saving.register_keras_serializable(package="swd_keras")
+class DilConv(_Composite):
+    """ReLU, depthwise (dilated) convolution, pointwise convolution, BatchNorm.
+
+    A stride above 1 together with a dilation above 1 (DARTS' ``dil_conv`` in a
+    reduction edge) is computed as the stride-1 depthwise convolution subsampled by
+    the stride, since TensorFlow's kernels refuse that combination; the result is the
+    same strided convolution.
+
+    Args:
+        filters: output channels of the pointwise convolution.
+        kernel_size: depthwise window.
+        strides: spatial stride.
+        dilation_rate: depthwise dilation.
+        affine: whether the BatchNorm learns a scale and an offset.
+
+    Call arguments:
+        x: a (b, h, w, c) tensor.
+        training: whether BatchNorm uses batch statistics.
+
+    Returns:
+        A (b, ceil(h / strides), ceil(w / strides), filters) tensor.
+
+    Example:
+        >>> y = DilConv(8, 3, strides=2, dilation_rate=2)(keras.ops.ones((2, 8, 8, 8)))
+    """
+
+    def __init__(self, filters: int, kernel_size: int, strides: int = 1,
+                 dilation_rate: int = 1, affine: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.strides = filters, kernel_size, strides
+        self.dilation_rate, self.affine = dilation_rate, affine
+        self._subsample = strides > 1 and dilation_rate > 1
+        self.depthwise = layers.DepthwiseConv2D(
+            kernel_size, strides=1 if self._subsample else strides, padding="same",
+            dilation_rate=dilation_rate, use_bias=False, name="depthwise")
+        self.pointwise = layers.Conv2D(filters, 1, use_bias=False, name="pointwise")
+        self.bn = make_batch_norm(affine, name="bn")
+
+    def _chain(self):
+        return [self.depthwise, self.pointwise, self.bn]
+
+    def build(self, input_shape):
+        b, h, w, c = input_shape
+        self.depthwise.build((b, h, w, c))
+        out_h = None if h is None else -(-h // self.strides)
+        out_w = None if w is None else -(-w // self.strides)
+        self.pointwise.build((b, out_h, out_w, c))
+        self.bn.build((b, out_h, out_w, self.filters))
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        s = self.strides
+        return (b, None if h is None else -(-h // s), None if w is None else -(-w // s),
+                self.filters)
+
+    def call(self, x, training=None):
+        y = self.depthwise(ops.relu(x))
+        if self._subsample:
+            y = y[:, :: self.strides, :: self.strides, :]
+        return self.bn(self.pointwise(y), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": self.kernel_size, "strides": self.strides,
+                "dilation_rate": self.dilation_rate, "affine": self.affine}
+
+
+@keras.saving.register_keras_serializable(package="swd_keras")
+class SepConv(_Composite):
+    """DARTS' separable convolution: two stacked DilConv blocks without dilation.
+
+    The first block has the stride and keeps the input's channels; the second maps
+    to ``filters``.
+
+    Args:
+        filters: output channels.
+        kernel_size: depthwise window of both blocks.
+        strides: stride of the first block.
+        affine: whether the BatchNorms learn a scale and an offset.
+
+    Call arguments:
+        x: a (b, h, w, c) tensor.
+        training: whether BatchNorm uses batch statistics.
+
+    Returns:
+        A (b, ceil(h / strides), ceil(w / strides), filters) tensor.
+
+    Example:
+        >>> y = SepConv(8, 5)(keras.ops.ones((2, 8, 8, 8)))
+    """
+
+    def __init__(self, filters: int, kernel_size: int, strides: int = 1,
+                 affine: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.strides, self.affine = (
+            filters, kernel_size, strides, affine)
+        self._kwargs_first = dict(kernel_size=kernel_size, strides=strides, affine=affine)
+        self.first: DilConv | None = None
+        self.second = DilConv(filters, kernel_size, 1, 1, affine, name="second")
+
+    def _chain(self):
+        return [self.first, self.second]
+
+    def build(self, input_shape):
+        # The first block keeps the input's channel count, known only here.
+        self.first = DilConv(input_shape[-1], name="first", **self._kwargs_first)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        s = self.strides
+        return (b, None if h is None else -(-h // s), None if w is None else -(-w // s),
+                self.filters)
+
+    def call(self, x, training=None):
+        return self.second(self.first(x, training=training), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": self.kernel_size, "strides": self.strides,
+                "affine": self.affine}
+
+
+@keras.saving.register_keras_serializable(package="swd_keras")
+class FactorizedReduce(_Composite):
+    """Halves the resolution with two 1x1 stride-2 convolutions, the second shifted.
+
+    ReLU, then one 1x1 stride-2 convolution on the input and one on the input shifted
+    by one pixel down and right, concatenated on channels, then BatchNorm. For even
+    sizes this is DARTS' operation exactly; odd sizes are padded so both halves
+    agree.
+
+    Args:
+        filters: output channels (split ``filters // 2`` and the rest).
+        affine: whether the BatchNorm learns a scale and an offset.
+
+    Call arguments:
+        x: a (b, h, w, c) tensor.
+        training: whether BatchNorm uses batch statistics.
+
+    Returns:
+        A (b, ceil(h / 2), ceil(w / 2), filters) tensor.
+
+    Example:
+        >>> y = FactorizedReduce(16)(keras.ops.ones((2, 8, 8, 8)))
+    """
+
+    def __init__(self, filters: int, affine: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if filters < 2:
+            raise ValueError(f"FactorizedReduce needs filters >= 2, got filters={filters}.")
+        self.filters, self.affine = filters, affine
+        self.conv_1 = layers.Conv2D(filters // 2, 1, strides=2, padding="same",
+                                    use_bias=False, name="conv_1")
+        self.conv_2 = layers.Conv2D(filters - filters // 2, 1, strides=2, padding="same",
+                                    use_bias=False, name="conv_2")
+        self.bn = make_batch_norm(affine, name="bn")
+
+    def build(self, input_shape):
+        self.conv_1.build(input_shape)
+        self.conv_2.build(input_shape)
+        self.bn.build(self.compute_output_shape(input_shape))
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        return (b, None if h is None else -(-h // 2), None if w is None else -(-w // 2),
+                self.filters)
+
+    def call(self, x, training=None):
+        x = ops.relu(x)
+        # Shift by one pixel; the zero row/column added at the end is never sampled by
+        # the stride-2 grid for even sizes, and keeps both halves aligned for odd ones.
+        shifted = ops.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
+        y = ops.concatenate([self.conv_1(x), self.conv_2(shifted)], axis=-1)
+        return self.bn(y, training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "affine": self.affine}
+
+
+@keras.saving.register_keras_serializable(package="swd_keras")
+class Zero(layers.Layer):
+    """The ``none`` operation: zeros, subsampled by the stride.
+
+    Args:
+        strides: spatial stride.
+
+    Call arguments:
+        x: a (b, h, w, c) tensor.
+
+    Returns:
+        Zeros of shape (b, ceil(h / strides), ceil(w / strides), c).
+
+    Example:
+        >>> y = Zero(2)(keras.ops.ones((1, 4, 4, 3)))  # (1, 2, 2, 3) zeros
+    """
+
+    def __init__(self, strides: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.strides = strides
+
+    def call(self, x):
+        return ops.zeros_like(x[:, :: self.strides, :: self.strides, :])
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        s = self.strides
+        return (b, None if h is None else -(-h // s), None if w is None else -(-w // s), c)
+
+    def get_config(self):
+        return {**super().get_config(), "strides": self.strides}
+
+
+@keras.saving.register_keras_serializable(package="swd_keras")
+class Pool(_Composite):
+    """A 3x3 average or max pool, optionally followed by a non-affine BatchNorm.
+
+    The average does not count padded positions (PyTorch's
+    ``count_include_pad=False``), as in DARTS. Search edges put a BatchNorm after
+    their pools (DARTS' ``MixedOp``); retrain cells do not.
+
+    Args:
+        pool_type: ``"avg"`` or ``"max"``.
+        strides: spatial stride.
+        batch_norm: whether a non-affine BatchNorm follows the pool.
+
+    Call arguments:
+        x: a (b, h, w, c) tensor.
+        training: whether BatchNorm uses batch statistics.
+
+    Returns:
+        A (b, ceil(h / strides), ceil(w / strides), c) tensor.
+
+    Example:
+        >>> y = Pool("max", strides=2)(keras.ops.ones((1, 8, 8, 3)))
+    """
+
+    def __init__(self, pool_type: str, strides: int = 1, batch_norm: bool = False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if pool_type not in ("avg", "max"):
+            raise ValueError(f"pool_type must be 'avg' or 'max', got {pool_type!r}.")
+        self.pool_type, self.strides, self.batch_norm = pool_type, strides, batch_norm
+        pool_cls = layers.AveragePooling2D if pool_type == "avg" else layers.MaxPooling2D
+        self.pool = pool_cls(3, strides=strides, padding="same", name="pool")
+        self.bn = make_batch_norm(False, name="bn") if batch_norm else None
+
+    def _chain(self):
+        return [self.pool] + ([self.bn] if self.bn is not None else [])
+
+    def call(self, x, training=None):
+        y = self.pool(x)
+        return self.bn(y, training=training) if self.bn is not None else y
+
+    def get_config(self):
+        return {**super().get_config(), "pool_type": self.pool_type,
+                "strides": self.strides, "batch_norm": self.batch_norm}
+
+
+@keras.saving.register_keras_serializable(package="swd_keras")
+class Identity(layers.Layer):
+    """The stride-1 ``skip_connect``: returns its input.
+
+    Call arguments:
+        x: any tensor.
+
+    Returns:
+        ``x`` unchanged.
+
+    Example:
+        >>> y = Identity()(keras.ops.ones((1, 4, 4, 3)))
+    """
+
+    def call(self, x):
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+OpFactory = Callable[..., layers.Layer]
+
+OPS: dict[str, OpFactory] = {
+    "none": lambda c, stride, affine, **kw: Zero(stride, **kw),
+    "avg_pool_3x3": lambda c, stride, affine, **kw: Pool("avg", stride, **kw),
+    "max_pool_3x3": lambda c, stride, affine, **kw: Pool("max", stride, **kw),
+    "skip_connect": lambda c, stride, affine, **kw: (
+        Identity(**kw) if stride == 1 else FactorizedReduce(c, affine=affine, **kw)),
+    "sep_conv_3x3": lambda c, stride, affine, **kw: SepConv(c, 3, stride, affine, **kw),
+    "sep_conv_5x5": lambda c, stride, affine, **kw: SepConv(c, 5, stride, affine, **kw),
+    "dil_conv_3x3": lambda c, stride, affine, **kw: DilConv(c, 3, stride, 2, affine, **kw),
+    "dil_conv_5x5": lambda c, stride, affine, **kw: DilConv(c, 5, stride, 2, affine, **kw),
+}
+"""Operation name -> ``factory(channels, stride, affine, **layer_kwargs)``."""
+
+
+def check_primitives(primitives) -> tuple[str, ...]:
+    """Returns ``primitives`` as a tuple, or raises a ValueError naming the unknown ones."""
+    primitives = tuple(primitives)
+    unknown = [p for p in primitives if p not in OPS]
+    if unknown or not primitives:
+        raise ValueError(
+            f"Unknown primitive(s) {unknown or '(empty list)'}; allowed: {list(PRIMITIVES)}.")
+    if len(set(primitives)) != len(primitives):
+        raise ValueError(f"primitives has repeated names: {list(primitives)}.")
+    return primitives
+
+
+def make_op(name: str, channels: int, strides: int = 1, affine: bool = True,
+            pool_batch_norm: bool = False, **kwargs) -> layers.Layer:
+    """Builds the candidate operation ``name``.
+
+    Args:
+        name: one of ``PRIMITIVES`` (e.g. ``"sep_conv_3x3"``).
+        channels: input and output channels.
+        strides: 1, or 2 in a reduction edge.
+        affine: whether BatchNorms learn a scale and an offset (False in the search
+            network, True when retraining).
+        pool_batch_norm: put a non-affine BatchNorm after pools, as search edges do.
+        **kwargs: passed to the layer (e.g. ``name``).
+
+    Returns:
+        A new Keras layer mapping (b, h, w, channels) to
+        (b, ceil(h / strides), ceil(w / strides), channels).
+
+    Example:
+        >>> op = make_op("dil_conv_5x5", 16, strides=2, affine=False)
+    """
+    check_primitives([name])
+    if name in ("avg_pool_3x3", "max_pool_3x3"):
+        kwargs["batch_norm"] = pool_batch_norm
+    return OPS[name](channels, strides, affine, **kwargs)
