@@ -7,7 +7,7 @@ same, the sampling grid is shifted by one pixel (see ``docs/DESIGN.md``).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 from keras import layers, ops
@@ -39,6 +39,13 @@ def make_batch_norm(affine: bool, name: str | None = None) -> layers.BatchNormal
     return layers.BatchNormalization(
         momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, center=affine, scale=affine, name=name
     )
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """The (before, after) padding of ``padding="same"`` along one axis (TF's rule)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
 
 
 class _Composite(layers.Layer):
@@ -111,9 +118,10 @@ class DilConv(_Composite):
     """ReLU, depthwise (dilated) convolution, pointwise convolution, BatchNorm.
 
     A stride above 1 together with a dilation above 1 (DARTS' ``dil_conv`` in a
-    reduction edge) is computed as the stride-1 depthwise convolution subsampled by
-    the stride, since TensorFlow's kernels refuse that combination; the result is the
-    same strided convolution.
+    reduction edge) is computed as the stride-1 depthwise convolution subsampled on
+    the grid that a strided ``padding="same"`` convolution uses, since TensorFlow's
+    kernels refuse that combination; the result is that strided convolution exactly.
+    It needs static spatial sizes.
 
     Args:
         filters: output channels of the pointwise convolution.
@@ -165,8 +173,19 @@ class DilConv(_Composite):
     def call(self, x, training=None):
         y = self.depthwise(ops.relu(x))
         if self._subsample:
-            y = y[:, :: self.strides, :: self.strides, :]
+            y = self._subsample_like_same_padding(y, x.shape[1], x.shape[2])
         return self.bn(self.pointwise(y), training=training)
+
+    def _subsample_like_same_padding(self, y, h, w):
+        """Picks from the stride-1 output the positions that a strided convolution with
+        ``padding="same"`` computes, so the result equals that convolution exactly."""
+        span = self.dilation_rate * (self.kernel_size - 1) + 1
+        s = self.strides
+
+        def offset(size):
+            return (span - 1) // 2 - same_padding(size, span, s)[0]
+
+        return y[:, offset(h)::s, offset(w)::s, :][:, : -(-h // s), : -(-w // s), :]
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters,
@@ -308,7 +327,8 @@ class Zero(layers.Layer):
         super().__init__(**kwargs)
         self.strides = strides
 
-    def call(self, x):
+    def call(self, x, training=None):
+        # `training` is accepted so that all candidate ops share one call signature.
         return ops.zeros_like(x[:, :: self.strides, :: self.strides, :])
 
     def compute_output_shape(self, input_shape):
@@ -321,7 +341,7 @@ class Zero(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="swd_keras")
-class Pool(_Composite):
+class Pool(layers.Layer):
     """A 3x3 average or max pool, optionally followed by a non-affine BatchNorm.
 
     The average does not count padded positions (PyTorch's
@@ -350,15 +370,29 @@ class Pool(_Composite):
         if pool_type not in ("avg", "max"):
             raise ValueError(f"pool_type must be 'avg' or 'max', got {pool_type!r}.")
         self.pool_type, self.strides, self.batch_norm = pool_type, strides, batch_norm
-        pool_cls = layers.AveragePooling2D if pool_type == "avg" else layers.MaxPooling2D
-        self.pool = pool_cls(3, strides=strides, padding="same", name="pool")
         self.bn = make_batch_norm(False, name="bn") if batch_norm else None
 
-    def _chain(self):
-        return [self.pool] + ([self.bn] if self.bn is not None else [])
+    def build(self, input_shape):
+        if self.bn is not None:
+            self.bn.build(self.compute_output_shape(input_shape))
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        s = self.strides
+        return (b, None if h is None else -(-h // s), None if w is None else -(-w // s), c)
 
     def call(self, x, training=None):
-        y = self.pool(x)
+        if self.pool_type == "max":
+            y = ops.max_pool(x, 3, self.strides, padding="same")
+        else:
+            # Backends disagree on "same" average pooling at stride 2 (Keras' torch
+            # backend pads by replicating edges), so pad with zeros explicitly and divide
+            # by the pooled mask: an average over the real pixels only, on every backend.
+            padding = ((0, 0), same_padding(x.shape[1], 3, self.strides),
+                       same_padding(x.shape[2], 3, self.strides), (0, 0))
+            mask = ops.pad(ops.ones_like(x[:1, :, :, :1]), padding)
+            y = (ops.average_pool(ops.pad(x, padding), 3, self.strides, padding="valid")
+                 / ops.average_pool(mask, 3, self.strides, padding="valid"))
         return self.bn(y, training=training) if self.bn is not None else y
 
     def get_config(self):
@@ -380,7 +414,7 @@ class Identity(layers.Layer):
         >>> y = Identity()(keras.ops.ones((1, 4, 4, 3)))
     """
 
-    def call(self, x):
+    def call(self, x, training=None):
         return x
 
     def compute_output_shape(self, input_shape):
@@ -415,12 +449,12 @@ def check_primitives(primitives) -> tuple[str, ...]:
     return primitives
 
 
-def make_op(name: str, channels: int, strides: int = 1, affine: bool = True,
+def make_op(primitive: str, channels: int, strides: int = 1, affine: bool = True,
             pool_batch_norm: bool = False, **kwargs) -> layers.Layer:
     """Builds the candidate operation ``name``.
 
     Args:
-        name: one of ``PRIMITIVES`` (e.g. ``"sep_conv_3x3"``).
+        primitive: one of ``PRIMITIVES`` (e.g. ``"sep_conv_3x3"``).
         channels: input and output channels.
         strides: 1, or 2 in a reduction edge.
         affine: whether BatchNorms learn a scale and an offset (False in the search
@@ -435,7 +469,7 @@ def make_op(name: str, channels: int, strides: int = 1, affine: bool = True,
     Example:
         >>> op = make_op("dil_conv_5x5", 16, strides=2, affine=False)
     """
-    check_primitives([name])
-    if name in ("avg_pool_3x3", "max_pool_3x3"):
+    check_primitives([primitive])
+    if primitive in ("avg_pool_3x3", "max_pool_3x3"):
         kwargs["batch_norm"] = pool_batch_norm
-    return OPS[name](channels, strides, affine, **kwargs)
+    return OPS[primitive](channels, strides, affine, **kwargs)

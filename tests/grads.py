@@ -1,0 +1,43 @@
+"""Gradients of a scalar function of a layer's output, on whichever backend runs."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+
+def layer_gradients(layer, loss_fn, *args, **kwargs):
+    """Returns {variable path: gradient as NumPy} for ``loss_fn(layer(*args, **kwargs))``
+    with respect to every trainable variable of the (built) layer; a variable the loss
+    does not depend on gets zeros."""
+    backend = keras.backend.backend()
+    variables = layer.trainable_variables
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn(layer(*args, **kwargs))
+        grads = tape.gradient(loss, [v.value for v in variables])
+    elif backend == "jax":
+        import jax
+
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+
+        def compute(trainable):
+            out, _ = layer.stateless_call(trainable, non_trainable, *args, **kwargs)
+            return loss_fn(out)
+
+        grads = jax.grad(compute)([v.value for v in variables])
+    elif backend == "torch":
+        for v in variables:
+            v.value.grad = None
+        loss = loss_fn(layer(*args, **kwargs))
+        if loss.requires_grad:  # a loss cut off by stop_gradient has no graph at all
+            loss.backward()
+        grads = [v.value.grad for v in variables]
+    else:
+        raise NotImplementedError(backend)
+    return {
+        v.path: np.zeros(v.shape) if g is None else keras.ops.convert_to_numpy(g)
+        for v, g in zip(variables, grads)
+    }
