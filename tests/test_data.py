@@ -7,7 +7,9 @@ The tfds datasets are exercised through their real code path with
 from __future__ import annotations
 
 import http.server
+import io
 import socket
+import tarfile
 import threading
 import time
 
@@ -124,6 +126,8 @@ def test_bad_arguments_name_the_argument(kwargs, argument):
 def test_bad_cutout_length():
     with pytest.raises(ValueError, match="cutout"):
         train_data("digits", 8, cutout=-1)
+    with pytest.raises(ValueError, match="cutout=8 would blank whole digits images"):
+        train_data("digits", 8, cutout=8)
     with pytest.raises(ValueError, match="length"):
         cutout(tf.ones((1, 8, 8, 1)), -2, seed=(0, 0))
     with pytest.raises(ValueError, match="batch"):
@@ -243,6 +247,73 @@ def test_get_dataset_info_without_prepared_data(tmp_path):
     assert not any(tmp_path.iterdir()), "get_dataset_info must not write or download"
 
 
+def _write_cifar100_archive(path, train_images, train_labels, test_images, test_labels):
+    """A small archive in CIFAR-100's binary format (coarse byte, fine byte, CHW pixels)."""
+
+    def records(images, labels):
+        return b"".join(
+            bytes([label % 20, label]) + image.transpose(2, 0, 1).tobytes()
+            for image, label in zip(images, labels, strict=True)
+        )
+
+    members = {
+        "cifar-100-binary/train.bin": records(train_images, train_labels),
+        "cifar-100-binary/test.bin": records(test_images, test_labels),
+        "cifar-100-binary/coarse_label_names.txt": "\n".join(f"c{i}" for i in range(20)).encode(),
+        "cifar-100-binary/fine_label_names.txt": "\n".join(f"f{i}" for i in range(100)).encode(),
+    }
+    with tarfile.open(path, "w:gz") as archive:
+        for member, content in members.items():
+            entry = tarfile.TarInfo(member)
+            entry.size = len(content)
+            archive.addfile(entry, io.BytesIO(content))
+
+
+def test_cifar100_prepared_offline_from_the_original_archive(tmp_path, monkeypatch):
+    # The real tfds path end to end: archive in downloads/manual -> download_and_prepare
+    # -> TFRecords -> as_dataset -> our pipelines. The archive is small and made here, so
+    # tfds' registered checksum of the real one is replaced by a recorder.
+    rng = np.random.default_rng(0)
+    train_images = rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
+    test_images = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    train_labels, test_labels = rng.integers(0, 100, 30), rng.integers(0, 100, 10)
+    manual = tmp_path / "downloads" / "manual"
+    manual.mkdir(parents=True)
+    _write_cifar100_archive(
+        manual / "cifar-100-binary.tar.gz", train_images, train_labels, test_images, test_labels
+    )
+    monkeypatch.setattr(
+        tfds.download.DownloadManager,
+        "_register_or_validate_checksums",
+        lambda self, url, url_info, path: self._recorded_url_infos.__setitem__(url, url_info),
+    )
+    monkeypatch.setattr(data, "_can_reach", lambda url, timeout=3.0: False)
+
+    train = train_data("cifar100", 10, data_dir=str(tmp_path), augment=False)
+    assert (tmp_path / "cifar100").is_dir(), "prepared into data_dir"
+    info = train.info
+    assert (info.num_train, info.num_test, info.num_classes) == (30, 10, 100)
+    # Every image comes back once with its label (tfds shuffles the records when it
+    # writes them, so the order is tfds' own).
+    for dataset, images, labels in (
+        (train.test_dataset(), test_images, test_labels),
+        (train.dataset, train_images, train_labels),
+    ):
+        x, y = _concat(_batches(dataset))
+        expected = dict(zip(_hashes(images), labels.tolist(), strict=True))
+        seen = _hashes(_raw(x, info, 255))
+        assert sorted(seen) == sorted(expected)
+        assert [expected[h] for h in seen] == y.tolist()
+    # Prepared now: a second call reads it without the archive or the network.
+    (manual / "cifar-100-binary.tar.gz").unlink()
+    search = search_data("cifar100", 5, data_dir=str(tmp_path))
+    assert (search.num_train_examples, search.num_val_examples, search.steps_per_epoch) == (
+        15,
+        15,
+        3,
+    )
+
+
 # ------------------------------------------------------------------ tfds: mocked data
 
 
@@ -274,8 +345,9 @@ def test_cifar_search_data_through_tfds(tmp_path, download_allowed, name, classe
 
 def test_cifar_train_data_through_tfds(tmp_path, download_allowed):
     with tfds.testing.mock_data(num_examples=40):
-        train = train_data("cifar10", 8, data_dir=str(tmp_path), epochs=1, cutout=16)
+        train = train_data("cifar10", 8, data_dir=str(tmp_path), epochs=1)
     assert train.steps_per_epoch == 5 and train.num_examples == 40
+    assert train.cutout == 16  # DARTS' default on CIFAR
     batches = _batches(train.dataset)
     assert len(batches) == 5
     assert all(x.shape == (8, 32, 32, 3) for x, _ in batches)
@@ -344,7 +416,7 @@ def test_digits_sizes_and_a_disjoint_held_out_test_part():
     totals = np.bincount(list(by_hash.values()), minlength=10)
     assert np.all(np.abs(np.bincount(y_test, minlength=10) - totals / 5) < 1)
 
-    search = search_data("digits", 359, seed=5)  # halves of 719 and 718
+    search = search_data("digits", 359, seed=5, augment=False)  # halves: 719 and 718
     assert (search.num_train_examples, search.num_val_examples) == (719, 718)
     search_train = _concat([b[0] for b in _batches(search.dataset)])[0]
     search_val, _ = _concat(_batches(search.val_dataset))
@@ -392,7 +464,10 @@ def test_digits_augmentation_shifts_but_never_mirrors():
 
 
 def test_train_data_applies_cutout():
-    with_cutout = _concat(_batches(train_data("digits", 100, cutout=4, limit=300).dataset))[0]
+    default = train_data("digits", 100, limit=300)
+    assert default.cutout == 4  # half the 8-pixel side, as 16 is for CIFAR's 32
+    assert train_data("digits", 100, augment=False, limit=300).cutout == 0
+    with_cutout = _concat(_batches(default.dataset))[0]
     without = _concat(_batches(train_data("digits", 100, cutout=0, limit=300).dataset))[0]
     # A normalised digit pixel is never exactly 0 ((k/16 - mean) / std, mean irrational-ish):
     # exact zeros come from cutout, one clipped 4x4 square per image.

@@ -1,0 +1,114 @@
+"""``swd-keras search``: search SWD-NAS cells and write the genotype."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from cli.main import cli
+
+BACKENDS = ("tensorflow", "jax", "torch")
+DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagenet2012")
+
+
+def select_backend(backend: str | None) -> None:
+    """Sets the Keras backend before Keras is imported, or says why it cannot."""
+    if backend is None:
+        return
+    loaded = sys.modules.get("keras")
+    if loaded is not None and loaded.backend.backend() != backend:
+        raise click.UsageError(
+            f"--backend {backend}: Keras is already loaded with the "
+            f"{loaded.backend.backend()} backend in this process; set KERAS_BACKEND={backend}.")
+    os.environ["KERAS_BACKEND"] = backend
+
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="tensorflow-datasets folder with a prepared copy (or downloads/manual).")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--channels", type=click.IntRange(min=2), default=16, show_default=True)
+@click.option("--layers", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Search cells L; reduction cells at L//3 and 2L//3.")
+@click.option("--k", type=click.IntRange(min=1), default=4, show_default=True,
+              help="c/k channels of each edge enter the candidate operations.")
+@click.option("--mode", type=click.Choice(("bilevel", "joint")), default="bilevel",
+              show_default=True)
+@click.option("--method", type=click.Choice(("swd", "darts")), default="swd",
+              show_default=True, help="darts: the plain DARTS baseline in the same code.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.025,
+              show_default=True)
+@click.option("--lr-min", type=click.FloatRange(min=0), default=0.001, show_default=True)
+@click.option("--momentum", type=click.FloatRange(min=0), default=0.9, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=3e-4, show_default=True)
+@click.option("--arch-lr", type=click.FloatRange(min=0, min_open=True), default=0.025,
+              show_default=True, help="Learning rate of the attention parameters.")
+@click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="Run folder [default: runs/search-DATASET-SEED].")
+@click.option("--resume", type=click.Path(file_okay=False), default=None,
+              help="Continue the run in this folder from its last completed epoch.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="Keras backend [default: KERAS_BACKEND or tensorflow].")
+@click.option("--jit/--no-jit", default=None,
+              help="Compile the step with XLA / jax.jit [default: Keras' auto].")
+@click.option("--no-upper-attention", is_flag=True, help="Ablation: all channels enter.")
+@click.option("--no-lower-attention", is_flag=True, help="Ablation: softmax over alphas.")
+@click.option("--no-normalization", is_flag=True, help="Ablation: no eq. 11 normalization.")
+@click.option("--ua-pooling", type=click.Choice(("avg+max", "avg", "max")), default="avg+max",
+              show_default=True)
+@click.option("--la-pooling", type=click.Choice(("avg", "avg+max")), default="avg",
+              show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use at most this many images per search half (quick runs).")
+def search(**options) -> None:
+    """Search SWD-NAS cells on a dataset and write the genotype.
+
+    Writes config.json, genotype.json, genotype.png, genotypes.jsonl, history.csv,
+    TensorBoard logs and a checkpoint into the run folder.
+    """
+    select_backend(options["backend"])
+    from swd_keras.search_job import (
+        SearchConfig,
+        SearchDiverged,
+        collapse_report,
+        is_run_folder,
+        run_search,
+    )
+
+    resume = options.pop("resume")
+    config = None
+    if resume is not None:
+        if not is_run_folder(resume):
+            raise click.BadParameter(f"{resume} is not a search run folder (no config.json).",
+                                     param_hint="--resume")
+        run_dir = Path(resume)
+    else:
+        output = options.pop("output")
+        config = SearchConfig(
+            upper_attention=not options.pop("no_upper_attention"),
+            lower_attention=not options.pop("no_lower_attention"),
+            normalization=not options.pop("no_normalization"), **options)
+        try:
+            config.validate()
+        except ValueError as error:
+            raise click.UsageError(str(error)) from None
+        run_dir = Path(output or f"runs/search-{config.dataset}-{config.seed}")
+    try:
+        result = run_search(None if resume else config, run_dir, resume=resume is not None,
+                            echo=click.echo)
+    except SearchDiverged as error:
+        raise click.ClickException(str(error)) from None
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(f"\ngenotype ({result.run_dir / 'genotype.json'}):\n{result.genotype}")
+    click.echo(collapse_report(result.genotype))
+    click.echo(f"search took {result.seconds:.0f} s; retrain it with: swd-keras train "
+               f"--genotype {result.run_dir / 'genotype.json'} --dataset {result.dataset}")

@@ -1,0 +1,49 @@
+"""The bilevel search step on PyTorch (``loss.backward()``), after the Keras guide
+"Customizing what happens in fit() with PyTorch"."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _update(model, x, y, variables, optimizer):
+    """Forward ``x``, step ``optimizer`` on ``variables`` with the batch loss."""
+    model.zero_grad()
+    logits, edge_weights = model(x, training=True)
+    loss = model.search_loss(y, logits)
+    loss.backward()
+    grads = [v.value.grad if v.value.grad is not None else torch.zeros_like(v.value)
+             for v in variables]
+    with torch.no_grad():
+        optimizer.apply(grads, variables)
+    return loss.detach(), logits.detach(), edge_weights
+
+
+def train_step(model, data):
+    (x_train, y_train), (x_val, y_val) = data
+    optimizer = model.optimizer
+    if model.mode == "bilevel":
+        arch_loss, _, edge_weights = _update(
+            model, x_val, y_val, model.attention_variables, optimizer.attention_optimizer)
+    else:
+        with torch.no_grad():
+            logits, edge_weights = model(x_val, training=True)
+            arch_loss = model.search_loss(y_val, logits)
+    with torch.no_grad():
+        model.edge_weight_sum.assign_add(edge_weights)
+        model.edge_weight_count.assign_add(1.0)
+    variables = model.weight_variables if model.mode == "bilevel" else model.trainable_variables
+    loss, logits, _ = _update(model, x_train, y_train, variables, optimizer.weights_optimizer)
+    model.loss_tracker.update_state(loss)
+    model.accuracy_tracker.update_state(y_train, logits)
+    model.arch_loss_tracker.update_state(arch_loss)
+    return {m.name: m.result() for m in model.metrics}
+
+
+def test_step(model, data):
+    x, y = data[:2]
+    with torch.no_grad():
+        logits, _ = model(x, training=False)
+        model.loss_tracker.update_state(model.search_loss(y, logits))
+        model.accuracy_tracker.update_state(y, logits)
+    return {m.name: m.result() for m in model.metrics[:2]}

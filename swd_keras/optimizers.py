@@ -1,0 +1,111 @@
+"""Optimizers: PyTorch-faithful SGD, and the pair of optimizers of the bilevel search."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import ops
+from keras.src.utils import tracking
+
+
+@keras.saving.register_keras_serializable(package="swd_keras")
+class TorchSGD(keras.optimizers.Optimizer):
+    """SGD with momentum and L2 weight decay exactly as ``torch.optim.SGD`` does it.
+
+    ``g = clip(grad) + weight_decay * w; buf = momentum * buf + g; w -= lr * buf``.
+    Keras' own ``SGD`` differs in two ways that change DARTS-style training: its
+    ``weight_decay`` is decoupled (it bypasses the momentum), and its momentum buffer
+    holds ``lr * grad`` (so a changing learning rate acts differently).
+    Gradient clipping (``global_clipnorm``) happens before the decay term is added, as
+    ``clip_grad_norm_`` before ``optimizer.step()`` does.
+
+    Args:
+        learning_rate: a float or a ``keras.optimizers.schedules`` schedule.
+        momentum: momentum factor.
+        weight_decay: L2 coefficient added to the gradient.
+        **kwargs: base optimizer arguments (``global_clipnorm``, ``name``, ...).
+
+    Example:
+        >>> opt = TorchSGD(0.025, momentum=0.9, weight_decay=3e-4, global_clipnorm=5.0)
+    """
+
+    def __init__(self, learning_rate=0.025, momentum: float = 0.9,
+                 weight_decay: float = 0.0, name: str = "torch_sgd", **kwargs):
+        kwargs.pop("use_ema", None)
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError(f"momentum and weight_decay must be >= 0, got momentum={momentum}, "
+                             f"weight_decay={weight_decay}.")
+        self.momentum, self.l2 = float(momentum), float(weight_decay)
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self.momentum_buffers = [self.add_variable_from_reference(v, "momentum")
+                                 for v in var_list]
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype)
+        grad = ops.cast(gradient, variable.dtype)
+        if self.l2:
+            grad = grad + self.l2 * variable
+        buf = self.momentum_buffers[self._get_variable_index(variable)]
+        new_buf = self.momentum * buf + grad
+        self.assign(buf, new_buf)
+        self.assign_sub(variable, lr * new_buf)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(momentum=self.momentum, weight_decay=self.l2)
+        return config
+
+
+class BilevelOptimizer(keras.optimizers.Optimizer):
+    """Owns the two optimizers of a bilevel search as one Keras optimizer.
+
+    Keras carries ``model.optimizer.variables`` through a stateless (JAX) train step;
+    this wrapper exposes the variables of both inner optimizers there, its own first,
+    then the network-weight optimizer's, then the attention optimizer's.
+
+    Args:
+        weights_optimizer: updates the network weights.
+        attention_optimizer: updates the architecture (attention) parameters.
+        is_attention: tells, for a variable, whether it is an attention parameter.
+    """
+
+    def __init__(self, weights_optimizer: keras.optimizers.Optimizer,
+                 attention_optimizer: keras.optimizers.Optimizer,
+                 is_attention: Callable[[keras.Variable], bool], name: str = "bilevel"):
+        super().__init__(learning_rate=0.0, name=name)
+        self.weights_optimizer = weights_optimizer
+        self.attention_optimizer = attention_optimizer
+        self._is_attention = is_attention
+
+    @tracking.no_automatic_dependency_tracking
+    def build(self, var_list):
+        if self.built:
+            return
+        self.weights_optimizer.build([v for v in var_list if not self._is_attention(v)])
+        self.attention_optimizer.build([v for v in var_list if self._is_attention(v)])
+        super().build(var_list)
+
+    @property
+    def variables(self):
+        return (self._variables + self.weights_optimizer.variables
+                + self.attention_optimizer.variables)
+
+    def split_variables(self, optimizer_variables: list) -> tuple[list, list, list]:
+        """Splits a list ordered like ``variables`` into (own, weights', attention's)."""
+        own = len(self._variables)
+        weights = own + len(self.weights_optimizer.variables)
+        return (list(optimizer_variables[:own]), list(optimizer_variables[own:weights]),
+                list(optimizer_variables[weights:]))
+
+    def apply(self, grads, trainable_variables=None):
+        raise NotImplementedError(
+            "BilevelOptimizer updates through weights_optimizer and attention_optimizer.")
+
+    def get_config(self):
+        raise NotImplementedError("BilevelOptimizer is rebuilt by SWDSearchModel.compile().")

@@ -1,0 +1,163 @@
+"""The bilevel search step against a hand-written reference, on every backend."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from swd_keras.optimizers import TorchSGD
+from swd_keras.search import SWDSearchModel
+from swd_keras.supernet import build_supernet
+from tests.grads import layer_gradients
+
+to_np = keras.ops.convert_to_numpy
+SMALL_OPS = ("sep_conv_3x3", "skip_connect", "max_pool_3x3", "none")
+LR, WD, CLIP, MOMENTUM = 0.1, 0.05, 0.5, 0.9
+
+
+def tiny_model(mode="bilevel", method="swd"):
+    net = build_supernet((8, 8, 1), 5, channels=4, layers=2, k=2, method=method,
+                         primitives=SMALL_OPS)
+    model = SWDSearchModel(net, mode=mode, method=method)
+    model.compile(
+        weights_optimizer=TorchSGD(LR, momentum=MOMENTUM, weight_decay=WD, global_clipnorm=CLIP),
+        attention_optimizer=TorchSGD(LR, momentum=MOMENTUM, weight_decay=WD,
+                                     global_clipnorm=CLIP))
+    return model
+
+
+def batches(steps=1, seed=0):
+    rng = np.random.default_rng(seed)
+    make = lambda: (rng.normal(size=(steps * 4, 8, 8, 1)).astype("float32"),  # noqa: E731
+                    rng.integers(0, 5, steps * 4).astype("int32"))
+    train, val = make(), make()
+    return train, val, tf.data.Dataset.from_tensor_slices((train, val)).batch(4)
+
+
+def snapshot(variables):
+    return {v.path: to_np(v.value).copy() for v in variables}
+
+
+def sgd_step(values, grads):
+    """torch.optim.SGD's first step after clip_grad_norm_, in NumPy."""
+    norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads.values()))
+    scale = min(1.0, CLIP / norm)
+    return {p: values[p] - LR * (grads[p] * scale + WD * values[p]) for p in grads}, scale
+
+
+def restore(model, values):
+    for v in model.variables:
+        if v.path in values:
+            v.assign(values[v.path])
+
+
+@pytest.mark.backend
+def test_one_bilevel_step_equals_the_reference():
+    model = tiny_model()
+    (x_t, y_t), (x_v, y_v), data = batches()
+    before = snapshot(model.variables)
+    attention = {v.path for v in model.attention_variables}
+    weights = {v.path for v in model.weight_variables}
+    assert attention and weights and not attention & weights
+    assert attention | weights == {v.path for v in model.trainable_variables}
+
+    def loss_of(x, y):
+        return lambda out: model.search_loss(y, out[0])
+
+    # (a) attention parameters: gradient of the validation loss at the start.
+    grads = layer_gradients(model, loss_of(x_v, y_v), x_v, training=True)
+    expected_attention, scale = sgd_step(before, {p: grads[p] for p in attention})
+    assert scale < 1.0  # clipping is exercised
+    expected_edge_weights = to_np(model(x_v, training=True)[1])
+    # (b) network weights: gradient of the training loss after the attention update.
+    restore(model, before | expected_attention)
+    grads = layer_gradients(model, loss_of(x_t, y_t), x_t, training=True)
+    expected_weights, _ = sgd_step(before, {p: grads[p] for p in weights})
+    restore(model, before)
+
+    model.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
+    after = snapshot(model.variables)
+    for path, value in (expected_attention | expected_weights).items():
+        np.testing.assert_allclose(after[path], value, rtol=1e-4, atol=1e-6, err_msg=path)
+    np.testing.assert_allclose(to_np(model.edge_weight_sum), expected_edge_weights, atol=1e-5)
+    assert float(to_np(model.edge_weight_count)) == 1.0
+    # Nothing else moved: only BN statistics and the accumulators may change.
+    for path in set(before) - attention - weights:
+        if not ("moving_" in path or "edge_weight" in path):
+            np.testing.assert_array_equal(after[path], before[path], err_msg=path)
+
+
+@pytest.mark.backend
+def test_joint_mode_updates_everything_on_the_training_batch():
+    model = tiny_model(mode="joint")
+    (x_t, y_t), (x_v, y_v), data = batches()
+    before = snapshot(model.variables)
+    expected_edge_weights = to_np(model(x_v, training=True)[1])
+    restore(model, before)
+    grads = layer_gradients(model, lambda out: model.search_loss(y_t, out[0]), x_t,
+                            training=True)
+    expected, _ = sgd_step(before, grads)
+    restore(model, before)
+    model.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
+    after = snapshot(model.variables)
+    for path, value in expected.items():
+        np.testing.assert_allclose(after[path], value, rtol=1e-4, atol=1e-6, err_msg=path)
+    np.testing.assert_allclose(to_np(model.edge_weight_sum), expected_edge_weights, atol=1e-5)
+
+
+@pytest.mark.backend
+def test_accumulator_is_the_epoch_mean_and_resets_each_epoch():
+    model = tiny_model()
+    (x_t, y_t), (x_v, y_v), data = batches(steps=3)
+    per_step = []
+
+    class Record(keras.callbacks.Callback):
+        # Each step adds the edge weights of its validation forward pass.
+        def on_train_batch_end(self, batch, logs=None):
+            per_step.append(to_np(model.edge_weight_sum).copy())
+
+    model.fit(data, epochs=1, steps_per_epoch=3, verbose=0, callbacks=[Record()])
+    increments = np.diff(np.stack([np.zeros_like(per_step[0])] + per_step), axis=0)
+    assert float(to_np(model.edge_weight_count)) == 3.0
+    assert (increments > 0).all()
+    np.testing.assert_allclose(model.edge_weights(), increments.mean(axis=0), atol=1e-6)
+    # Each increment is a batch mean of the LA weights: per edge they sum to at most
+    # the op channels times n (sigmoids) and vary between steps.
+    assert not np.allclose(increments[0], increments[2])
+    # The next epoch starts from zero.
+    model.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
+    assert float(to_np(model.edge_weight_count)) == 1.0
+    np.testing.assert_allclose(to_np(model.edge_weight_sum), model.edge_weights(), atol=1e-6)
+
+
+@pytest.mark.backend
+def test_evaluate_reports_loss_and_accuracy():
+    model = tiny_model()
+    (x_t, y_t), _, _ = batches(steps=2)
+    logs = model.evaluate(tf.data.Dataset.from_tensor_slices((x_t, y_t)).batch(4), verbose=0,
+                          return_dict=True)
+    # Per batch: the channel selection depends on the batch (one index set per batch).
+    logits = np.concatenate([to_np(model(x_t[i:i + 4], training=False)[0]) for i in (0, 4)])
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    assert set(logs) == {"loss", "accuracy"}
+    np.testing.assert_allclose(logs["loss"], -log_probs[np.arange(8), y_t].mean(), rtol=1e-4)
+    np.testing.assert_allclose(logs["accuracy"], (logits.argmax(1) == y_t).mean(), atol=1e-6)
+
+
+def test_darts_method_gives_a_two_cell_genotype():
+    model = tiny_model(method="darts")
+    _, _, data = batches()
+    model.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
+    genotype = model.genotype()
+    assert [c.type for c in genotype.cells] == ["normal", "reduce"]
+    assert {op for c in genotype.cells for op, _ in c.edges} <= set(SMALL_OPS) - {"none"}
+
+
+def test_compile_rejects_a_loss():
+    model = SWDSearchModel(build_supernet((8, 8, 1), 5, channels=4, layers=1, k=2,
+                                          primitives=SMALL_OPS))
+    with pytest.raises(ValueError, match="no loss"):
+        model.compile(loss="mse")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        SWDSearchModel(model.supernet, mode="alternating")
