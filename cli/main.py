@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def select_backend(backend: str | None) -> None:
+    """Sets the Keras backend before Keras is imported, or says why it cannot."""
+    if backend is None:
+        return
+    loaded = sys.modules.get("keras")
+    if loaded is not None and loaded.backend.backend() != backend:
+        raise click.UsageError(
+            f"--backend {backend}: Keras is already loaded with the "
+            f"{loaded.backend.backend()} backend in this process; set KERAS_BACKEND={backend}.")
+    os.environ["KERAS_BACKEND"] = backend
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

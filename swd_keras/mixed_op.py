@@ -8,7 +8,8 @@ import keras
 from keras import layers, ops
 
 from swd_keras.attention import LowerAttention, UpperAttention, check_divisible, select_channels
-from swd_keras.ops import PRIMITIVES, check_primitives, make_op
+from swd_keras.fused_ops import CandidateOps, concat_channel_ranges
+from swd_keras.ops import PRIMITIVES, check_primitives
 
 
 @keras.saving.register_keras_serializable(package="swd_keras")
@@ -81,11 +82,8 @@ class SWDMixedOp(layers.Layer):
         self.shared_alphas, self.use_bias, self.affine = shared_alphas, use_bias, affine
 
         self.op_channels = channels // k if upper_attention else channels
-        self.candidate_ops = [
-            make_op(name, self.op_channels, strides, affine, pool_batch_norm=True,
-                    name=f"op_{name}")
-            for name in self.primitives
-        ]
+        self.candidate_ops = CandidateOps(self.op_channels, strides, self.primitives, affine,
+                                          name="candidate_ops")
         self.upper = (UpperAttention(ua_reduction, ua_pooling, use_bias, name="upper")
                       if upper_attention else None)
         self.lower = (LowerAttention(la_reduction, la_pooling, use_bias, name="lower")
@@ -114,9 +112,7 @@ class SWDMixedOp(layers.Layer):
                              f"{c} channels.")
         if self.upper is not None:
             self.upper.build(input_shape)
-        op_input = (b, h, w, self.op_channels)
-        for op in self.candidate_ops:
-            op.build(op_input)
+        self.candidate_ops.build((b, h, w, self.op_channels))
         out_h = None if h is None else -(-h // self.strides)
         out_w = None if w is None else -(-w // self.strides)
         if self.lower is not None:
@@ -134,7 +130,7 @@ class SWDMixedOp(layers.Layer):
         else:
             scaled = selected = x
 
-        features = [op(selected, training=training) for op in self.candidate_ops]
+        features = self.candidate_ops(selected, training=training)
         if self.lower is not None:
             mixed, atten = self._lower_attention_mix(features)
         else:
@@ -149,13 +145,20 @@ class SWDMixedOp(layers.Layer):
         return out
 
     def _lower_attention_mix(self, features):
-        """Eq. 7-9: reweight the concatenated op outputs, sum the op slices."""
-        f_in = ops.concatenate(features, axis=-1)
-        f_att = self.lower(f_in)
-        f_out = f_in * f_att
-        b, h, w = ops.shape(f_out)[0], ops.shape(f_out)[1], ops.shape(f_out)[2]
-        mixed = ops.sum(ops.reshape(f_out, (b, h, w, self.num_ops, self.op_channels)),
-                        axis=3)
+        """Eq. 7-9: reweight the concatenated op outputs ``F_in``, sum the op slices.
+
+        ``features`` lacks the ``none`` slices (zeros): they enter ``F_in`` only where
+        the lower attention pools, and add nothing to the sum.
+        """
+        if self.la_pooling == "avg":
+            # The global average of a 1x1 map is the map itself: pooling here lets the
+            # zero slices join as (b, 1, 1, c') constants instead of full-size maps.
+            f_att = self.lower(self._with_zeros(ops.mean(features, axis=(1, 2),
+                                                         keepdims=True)))
+        else:
+            f_att = self.lower(self._with_zeros(features))
+        f_out = features * self._computed_slices(f_att)
+        mixed = self._sum_op_slices(f_out, len(self.candidate_ops.computed_primitives))
         per_op = ops.sum(ops.reshape(f_att, (-1, self.num_ops, self.op_channels)), axis=2)
         return mixed, ops.mean(per_op, axis=0)
 
@@ -167,8 +170,38 @@ class SWDMixedOp(layers.Layer):
             weights = edge_weights
         else:
             weights = ops.softmax(self.alphas)
-        stacked = ops.stack(features, axis=-1)
-        return ops.sum(stacked * weights, axis=-1), weights
+        computed = self._computed_slices(ops.repeat(weights, self.op_channels, axis=0))
+        mixed = self._sum_op_slices(features * computed,
+                                    len(self.candidate_ops.computed_primitives))
+        return mixed, weights
+
+    def _sum_op_slices(self, x, num_slices):
+        if num_slices == 1:
+            return x
+        b, h, w = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+        return ops.sum(ops.reshape(x, (b, h, w, num_slices, self.op_channels)), axis=3)
+
+    def _with_zeros(self, features):
+        """``F_in`` from ``features``: the zero slices of ``none`` put back in op order."""
+        computed = self.candidate_ops.computed_primitives
+        if len(computed) == self.num_ops:
+            return features
+        c = self.op_channels
+        zeros = ops.zeros_like(features[..., :c])
+        return concat_channel_ranges([
+            (features, computed.index(p) * c, (computed.index(p) + 1) * c)
+            if p in computed else (zeros, 0, c) for p in self.primitives])
+
+    def _computed_slices(self, per_channel):
+        """The channels of the computed ops (all but ``none``) of an (..., n * c')
+        tensor."""
+        computed = self.candidate_ops.computed_primitives
+        if len(computed) == self.num_ops:
+            return per_channel
+        c = self.op_channels
+        return concat_channel_ranges([(per_channel, i * c, (i + 1) * c)
+                                      for i, p in enumerate(self.primitives)
+                                      if p in computed])
 
     def _write_back(self, scaled, mixed, indices):
         """Puts the mixed output into the selected channel positions; the others keep

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import keras
@@ -109,3 +110,29 @@ class BilevelOptimizer(keras.optimizers.Optimizer):
 
     def get_config(self):
         raise NotImplementedError("BilevelOptimizer is rebuilt by SWDSearchModel.compile().")
+
+
+@keras.saving.register_keras_serializable(package="swd_keras")
+class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine annealing stepped once per epoch, as PyTorch's ``CosineAnnealingLR``
+    is in DARTS: ``min + (initial - min) * (1 + cos(pi * epoch / epochs)) / 2``.
+
+    Args:
+        initial: the learning rate of epoch 0.
+        minimum: the learning rate that epoch ``epochs`` would have.
+        epochs: the schedule's length.
+        steps_per_epoch: optimizer steps per epoch.
+    """
+
+    def __init__(self, initial: float, minimum: float, epochs: int, steps_per_epoch: int):
+        self.initial, self.minimum = float(initial), float(minimum)
+        self.epochs, self.steps_per_epoch = int(epochs), int(steps_per_epoch)
+
+    def __call__(self, step):
+        epoch = keras.ops.floor_divide(keras.ops.cast(step, "float32"), self.steps_per_epoch)
+        cosine = (1.0 + keras.ops.cos(math.pi * epoch / self.epochs)) / 2.0
+        return self.minimum + (self.initial - self.minimum) * cosine
+
+    def get_config(self):
+        return {"initial": self.initial, "minimum": self.minimum, "epochs": self.epochs,
+                "steps_per_epoch": self.steps_per_epoch}

@@ -11,7 +11,6 @@ unbroken run gives.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import time
@@ -22,7 +21,7 @@ import keras
 import numpy as np
 
 from swd_keras.genotype import Genotype
-from swd_keras.runs import atomic_write_bytes, atomic_write_json, atomic_write_text
+from swd_keras.runs import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 
 CONFIG_FILE, CHECKPOINT_FILE = "config.json", "checkpoint.npz"
 
@@ -96,32 +95,6 @@ class SearchDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-@keras.saving.register_keras_serializable(package="swd_keras")
-class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Cosine annealing stepped once per epoch, as PyTorch's ``CosineAnnealingLR``
-    is in DARTS: ``min + (initial - min) * (1 + cos(pi * epoch / epochs)) / 2``.
-
-    Args:
-        initial: the learning rate of epoch 0.
-        minimum: the learning rate that epoch ``epochs`` would have.
-        epochs: the schedule's length.
-        steps_per_epoch: optimizer steps per epoch.
-    """
-
-    def __init__(self, initial: float, minimum: float, epochs: int, steps_per_epoch: int):
-        self.initial, self.minimum = float(initial), float(minimum)
-        self.epochs, self.steps_per_epoch = int(epochs), int(steps_per_epoch)
-
-    def __call__(self, step):
-        epoch = keras.ops.floor_divide(keras.ops.cast(step, "float32"), self.steps_per_epoch)
-        cosine = (1.0 + keras.ops.cos(math.pi * epoch / self.epochs)) / 2.0
-        return self.minimum + (self.initial - self.minimum) * cosine
-
-    def get_config(self):
-        return {"initial": self.initial, "minimum": self.minimum, "epochs": self.epochs,
-                "steps_per_epoch": self.steps_per_epoch}
-
-
 def is_run_folder(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
@@ -141,7 +114,7 @@ def load_config(run_dir: str | Path) -> SearchConfig:
 def build_search_model(config: SearchConfig, input_shape, num_classes: int,
                        steps_per_epoch: int):
     """The compiled ``SWDSearchModel`` of a config."""
-    from swd_keras.optimizers import TorchSGD
+    from swd_keras.optimizers import EpochCosineDecay, TorchSGD
     from swd_keras.search import SWDSearchModel
     from swd_keras.supernet import build_supernet
 
@@ -160,33 +133,6 @@ def build_search_model(config: SearchConfig, input_shape, num_classes: int,
                   attention_optimizer=sgd(config.arch_lr, "attention_sgd"),
                   jit_compile="auto" if config.jit is None else config.jit)
     return model
-
-
-# -- checkpoints ------------------------------------------------------------------------
-
-def save_checkpoint(path: Path, model, state: dict) -> None:
-    """Model variables, optimizer variables and the run state, in one atomic file."""
-    arrays = {f"model_{i}": keras.ops.convert_to_numpy(v.value)
-              for i, v in enumerate(model.variables)}
-    arrays.update({f"optimizer_{i}": keras.ops.convert_to_numpy(v.value)
-                   for i, v in enumerate(model.optimizer.variables)})
-    buffer = io.BytesIO()
-    np.savez(buffer, state=np.array(json.dumps(state)), **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: Path, model) -> dict:
-    """Restores a checkpoint into a model built from the same config; returns the state."""
-    with np.load(path, allow_pickle=False) as data:
-        for prefix, variables in (("model", model.variables),
-                                  ("optimizer", model.optimizer.variables)):
-            stored = sum(1 for key in data.files if key.startswith(prefix + "_"))
-            if stored != len(variables):
-                raise ValueError(f"{path} does not match this model ({stored} {prefix} "
-                                 f"variables stored, {len(variables)} expected).")
-            for i, variable in enumerate(variables):
-                variable.assign(data[f"{prefix}_{i}"])
-        return json.loads(str(data["state"]))
 
 
 # -- callbacks --------------------------------------------------------------------------
@@ -218,9 +164,9 @@ class SearchRunCallback(keras.callbacks.Callback):
         self.state["epoch"] = epoch + 1
         self.state["history"].append({"epoch": epoch + 1, **logs})
         self.state["genotypes"].append({"epoch": epoch + 1, "genotype": genotype.to_dict()})
-        self.echo(f"epoch {epoch + 1}: {genotype}")
         write_run_outputs(self.run_dir, self.state, genotype)
         save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.model, self.state)
+        self.echo(f"epoch {epoch + 1}: {genotype}")
 
 
 def write_run_outputs(run_dir: Path, state: dict, genotype: Genotype) -> None:

@@ -7,41 +7,40 @@ import numpy as np
 import pytest
 
 from swd_keras.mixed_op import SWDMixedOp
-from swd_keras.ops import PRIMITIVES
 from tests import reference as ref
 from tests.grads import layer_gradients
 
 to_np = keras.ops.convert_to_numpy
 
 
-def _w(layer, suffix):
-    (weight,) = [to_np(v.value) for v in layer.weights if v.path.endswith(suffix)]
-    return weight
-
-
-def reference_op(primitive, layer, stride):
-    """The NumPy function of one candidate op, with the layer's current weights."""
+def reference_op(primitive, candidates, stride):
+    """The NumPy function of one candidate op, with the edge's current weights of it
+    (``candidates``: the edge's ``CandidateOps``)."""
+    weights = {part: to_np(v.value) for part, v in candidates.op_weights(primitive).items()}
     if primitive.startswith("sep_conv"):
-        first = functools.partial(ref.dil_conv, depthwise=_w(layer, "first/depthwise/kernel"),
-                                  pointwise=_w(layer, "first/pointwise/kernel"),
-                                  stride=stride, dilation=1)
-        second = functools.partial(ref.dil_conv, depthwise=_w(layer, "second/depthwise/kernel"),
-                                   pointwise=_w(layer, "second/pointwise/kernel"),
-                                   stride=1, dilation=1)
+        first = functools.partial(ref.dil_conv, depthwise=weights["first_depthwise"],
+                                  pointwise=weights["first_pointwise"], stride=stride,
+                                  dilation=1)
+        second = functools.partial(ref.dil_conv, depthwise=weights["second_depthwise"],
+                                   pointwise=weights["second_pointwise"], stride=1,
+                                   dilation=1)
         return lambda x: second(first(x))
     if primitive.startswith("dil_conv"):
-        return functools.partial(ref.dil_conv, depthwise=_w(layer, "depthwise/kernel"),
-                                 pointwise=_w(layer, "pointwise/kernel"), stride=stride,
-                                 dilation=2)
+        return functools.partial(ref.dil_conv, depthwise=weights["depthwise"],
+                                 pointwise=weights["pointwise"], stride=stride, dilation=2)
     if primitive == "skip_connect":
         if stride == 1:
             return lambda x: x
-        return functools.partial(ref.factorized_reduce, kernel_1=_w(layer, "conv_1/kernel"),
-                                 kernel_2=_w(layer, "conv_2/kernel"))
+        return functools.partial(ref.factorized_reduce, kernel_1=weights["conv_1"],
+                                 kernel_2=weights["conv_2"])
     if primitive.endswith("pool_3x3"):
         return lambda x: ref.batch_norm_inference(ref.pool(x, primitive[:3], stride))
     assert primitive == "none"
     return lambda x: np.zeros_like(x[:, ::stride, ::stride, :])
+
+
+def reference_ops(edge, stride):
+    return [reference_op(p, edge.candidate_ops, stride) for p in edge.primitives]
 
 
 def randomize(layer):
@@ -61,7 +60,7 @@ def test_edge_matches_reference(stride, size, channels, k, ua_pooling, la_poolin
     randomize(edge.upper)
     randomize(edge.lower)
     out, atten = edge(x, training=False, return_edge_weights=True)
-    op_fns = [reference_op(p, op, stride) for p, op in zip(PRIMITIVES, edge.candidate_ops)]
+    op_fns = reference_ops(edge, stride)
     expected, expected_atten = ref.swd_edge(
         x, edge.upper.get_weights(), edge.lower.get_weights(), op_fns, k, stride,
         ua_pooling, la_pooling)
@@ -94,8 +93,7 @@ def test_lower_attention_off_is_a_softmax_edge(stride):
     i_mix = to_np(edge.upper(x))
     scaled = x * i_mix
     selected, indices = ref.select_channels(scaled, i_mix, 2)
-    mixed = sum(w * fn(selected) for w, fn in zip(
-        weights, [reference_op(p, op, stride) for p, op in zip(PRIMITIVES, edge.candidate_ops)]))
+    mixed = sum(w * fn(selected) for w, fn in zip(weights, reference_ops(edge, stride)))
     expected = (scaled if stride == 1 else ref.max_pool_2x2(scaled)).copy()
     expected[..., indices] = mixed
     np.testing.assert_allclose(to_np(out), expected, atol=1e-5)
@@ -109,7 +107,7 @@ def test_upper_attention_off_sends_all_channels():
     edge.build(x.shape)
     randomize(edge.lower)
     out, atten = edge(x, training=False, return_edge_weights=True)
-    op_fns = [reference_op(p, op, 1) for p, op in zip(PRIMITIVES, edge.candidate_ops)]
+    op_fns = reference_ops(edge, 1)
     f_in = np.concatenate([fn(x) for fn in op_fns], axis=-1)
     f_att = ref.channel_attention(f_in, edge.lower.get_weights(), "avg")
     f_out = f_in * f_att

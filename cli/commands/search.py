@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import click
 
-from cli.main import cli
+from cli.main import BACKENDS, cli, select_backend
 
-BACKENDS = ("tensorflow", "jax", "torch")
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagenet2012")
-
-
-def select_backend(backend: str | None) -> None:
-    """Sets the Keras backend before Keras is imported, or says why it cannot."""
-    if backend is None:
-        return
-    loaded = sys.modules.get("keras")
-    if loaded is not None and loaded.backend.backend() != backend:
-        raise click.UsageError(
-            f"--backend {backend}: Keras is already loaded with the "
-            f"{loaded.backend.backend()} backend in this process; set KERAS_BACKEND={backend}.")
-    os.environ["KERAS_BACKEND"] = backend
 
 
 @cli.command()

@@ -1,0 +1,119 @@
+"""`swd-keras search` end to end: outputs, resume, data paths, bad inputs."""
+
+import json
+import math
+import time
+
+import pytest
+import tensorflow_datasets as tfds
+from click.testing import CliRunner
+
+from cli.main import cli
+from swd_keras.genotype import Genotype
+from swd_keras.search_job import SearchConfig, SearchRunCallback, run_search
+
+TINY = ["--epochs", "2", "--layers", "2", "--channels", "4", "--k", "2", "--batch-size", "8",
+        "--limit", "16"]
+
+
+def invoke(*args):
+    from cli.commands import search  # noqa: F401  (registers the command)
+
+    return CliRunner().invoke(cli, ["search", *args], catch_exceptions=False)
+
+
+@pytest.mark.slow
+def test_digits_search_writes_a_run_folder_and_resumes_identically(tmp_path):
+    unbroken = tmp_path / "unbroken"
+    result = invoke("--dataset", "digits", *TINY, "--output", str(unbroken))
+    assert result.exit_code == 0, result.output
+    files = {p.name for p in unbroken.iterdir()}
+    assert {"config.json", "genotype.json", "genotype.png", "genotypes.jsonl", "history.csv",
+            "checkpoint.npz", "logs"} <= files
+    genotype = Genotype.load(unbroken / "genotype.json")
+    assert [c.type for c in genotype.cells] == ["normal", "reduce"]
+    lines = (unbroken / "genotypes.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert "collapse report" in result.output and "parameter-free" in result.output
+    history = (unbroken / "history.csv").read_text().splitlines()
+    assert history[0].split(",")[:1] == ["epoch"] and len(history) == 3
+
+    # A run killed right after its first epoch's checkpoint, then resumed.
+    killed = tmp_path / "killed"
+
+    def kill_after_first_epoch(line):
+        if line.startswith("epoch 1:"):
+            raise KeyboardInterrupt
+
+    config = json.loads((unbroken / "config.json").read_text())
+    with pytest.raises(KeyboardInterrupt):
+        run_search(SearchConfig.from_json(config), killed, echo=kill_after_first_epoch,
+                   verbose=0)
+    assert len((killed / "genotypes.jsonl").read_text().splitlines()) == 1
+    result = invoke("--resume", str(killed))
+    assert result.exit_code == 0, result.output
+    assert "resumed after epoch 1" in result.output
+    assert Genotype.load(killed / "genotype.json") == genotype
+    assert (killed / "genotypes.jsonl").read_text() == (unbroken / "genotypes.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_cifar100_runs_the_tfds_code_path_with_mock_data(tmp_path):
+    with tfds.testing.mock_data(num_examples=64):
+        result = invoke("--dataset", "cifar100", "--epochs", "1", "--layers", "1",
+                        "--channels", "4", "--k", "2", "--batch-size", "8", "--limit", "16",
+                        "--output", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert "16 search-train / 16 search-val images, 2 steps per epoch" in result.output
+    genotype = Genotype.load(tmp_path / "run" / "genotype.json")
+    assert genotype.num_cells == 1
+
+
+def test_unavailable_dataset_is_one_line_within_seconds(tmp_path, monkeypatch):
+    import swd_keras.data as data
+
+    monkeypatch.setattr(data, "_can_reach", lambda *a, **k: False)
+    started = time.time()
+    result = invoke("--dataset", "cifar100", "--data-dir", str(tmp_path / "empty"),
+                    "--output", str(tmp_path / "run"))
+    assert time.time() - started < 30
+    assert result.exit_code == 2
+    message = result.output.strip().splitlines()[-1]
+    assert "cifar100" in message and "--data-dir" in message
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--dataset", "mnist"], "Invalid value for '--dataset'"),
+    (["--dataset", "digits", "--k", "3", "--channels", "16"], "k=3 must divide"),
+    (["--dataset", "digits", "--epochs", "-1"], "Invalid value for '--epochs'"),
+    (["--resume", "."], "is not a search run folder"),
+])
+def test_bad_inputs_are_one_clear_line(args, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert needle in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_new_run_refuses_an_existing_run_folder(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(SearchConfig().to_json()))
+    result = invoke("--dataset", "digits", "--output", str(tmp_path))
+    assert result.exit_code == 2 and "already holds a run" in result.output
+
+
+class _FakeModel:
+    stop_training = False
+
+    def genotype(self, normalize=True):
+        raise AssertionError("no genotype may be derived from a diverged epoch")
+
+
+def test_a_non_finite_loss_stops_without_touching_the_checkpoint(tmp_path):
+    state = {"epoch": 1, "history": [], "genotypes": []}
+    callback = SearchRunCallback(tmp_path, SearchConfig(), state, echo=lambda line: None)
+    callback.set_model(_FakeModel())
+    callback.on_train_batch_end(3, {"loss": math.nan})
+    assert callback.model.stop_training and "nan" in callback.diverged
+    callback.on_epoch_end(1, {"loss": math.inf})
+    assert state["epoch"] == 1 and not list(tmp_path.iterdir())
