@@ -241,7 +241,8 @@ def run_search(config: SearchConfig | None = None, run_dir: str | Path = "runs/s
                        data_dir=config.data_dir, epochs=config.epochs,
                        initial_epoch=initial_epoch, limit=config.limit)
     echo(f"      {data.num_train_examples} search-train / {data.num_val_examples} "
-         f"search-val images, {data.steps_per_epoch} steps per epoch")
+         f"search-val images, {data.steps_per_epoch} steps per epoch, images "
+         f"{tuple(data.info.input_shape)}, {data.info.num_classes} classes")
     echo(f"[2/3] building the supernet ({config.layers} cells, C={config.channels}, "
          f"k={config.k}, {config.method}, {keras.backend.backend()}) ...")
     keras.utils.set_random_seed(config.seed)

@@ -95,3 +95,18 @@ def test_config_round_trip(layer):
     assert clone.get_config() == layer.get_config()
     assert (clone.reduction, clone.pooling, clone.use_bias) == (
         layer.reduction, layer.pooling, layer.use_bias)
+
+
+@pytest.mark.backend
+def test_attention_layers_in_a_saved_functional_model(tmp_path):
+    inputs = keras.Input((6, 6, 8))
+    scaled = inputs * UpperAttention(reduction=4)(inputs)
+    outputs = scaled * LowerAttention(reduction=2, pooling="avg+max")(scaled)
+    model = keras.Model(inputs, outputs)
+    x = np.random.randn(2, 6, 6, 8).astype("float32")
+    expected = to_np(model(x))
+    model.save(tmp_path / "attention.keras")
+    loaded = keras.models.load_model(tmp_path / "attention.keras")
+    np.testing.assert_allclose(to_np(loaded(x)), expected, atol=1e-6)
+    sequential = keras.Sequential([keras.Input((6, 6, 8)), UpperAttention()])
+    assert tuple(sequential(x).shape) == (2, 1, 1, 8)

@@ -58,13 +58,19 @@ def test_digits_search_writes_a_run_folder_and_resumes_identically(tmp_path):
 
 
 @pytest.mark.slow
-def test_cifar100_runs_the_tfds_code_path_with_mock_data(tmp_path):
+def test_cifar100_runs_the_tfds_code_path_with_mock_data(tmp_path, monkeypatch):
+    import swd_keras.data as data
+
+    # Under mock_data tfds' download is a no-op; let the network check pass.
+    monkeypatch.setattr(data, "_can_reach", lambda *a, **k: True)
     with tfds.testing.mock_data(num_examples=64):
-        result = invoke("--dataset", "cifar100", "--epochs", "1", "--layers", "1",
-                        "--channels", "4", "--k", "2", "--batch-size", "8", "--limit", "16",
-                        "--output", str(tmp_path / "run"))
+        result = invoke("--dataset", "cifar100", "--data-dir", str(tmp_path / "tfds"),
+                        "--epochs", "1", "--layers", "1", "--channels", "4", "--k", "2",
+                        "--batch-size", "8", "--limit", "16", "--output", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output
     assert "16 search-train / 16 search-val images, 2 steps per epoch" in result.output
+    assert "images (32, 32, 3), 100 classes" in result.output
+    assert "(1 cells, C=4, k=2" in result.output
     genotype = Genotype.load(tmp_path / "run" / "genotype.json")
     assert genotype.num_cells == 1
 

@@ -26,6 +26,21 @@ def tiny_model(mode="bilevel", method="swd"):
     return model
 
 
+@pytest.fixture(scope="module")
+def bilevel_model():
+    """One compiled bilevel model for the module (compiling the step is the slow part);
+    ``fresh`` puts it back to its initial state, optimizer included."""
+    model = tiny_model()
+    initial = [to_np(v.value).copy() for v in model.variables + model.optimizer.variables]
+
+    def fresh():
+        for variable, value in zip(model.variables + model.optimizer.variables, initial):
+            variable.assign(value)
+        return model
+
+    return fresh
+
+
 def batches(steps=1, seed=0):
     rng = np.random.default_rng(seed)
     make = lambda: (rng.normal(size=(steps * 4, 8, 8, 1)).astype("float32"),  # noqa: E731
@@ -52,8 +67,8 @@ def restore(model, values):
 
 
 @pytest.mark.backend
-def test_one_bilevel_step_equals_the_reference():
-    model = tiny_model()
+def test_one_bilevel_step_equals_the_reference(bilevel_model):
+    model = bilevel_model()
     (x_t, y_t), (x_v, y_v), data = batches()
     before = snapshot(model.variables)
     attention = {v.path for v in model.attention_variables}
@@ -106,8 +121,8 @@ def test_joint_mode_updates_everything_on_the_training_batch():
 
 
 @pytest.mark.backend
-def test_accumulator_is_the_epoch_mean_and_resets_each_epoch():
-    model = tiny_model()
+def test_accumulator_is_the_epoch_mean_and_resets_each_epoch(bilevel_model):
+    model = bilevel_model()
     (x_t, y_t), (x_v, y_v), data = batches(steps=3)
     per_step = []
 
@@ -131,8 +146,8 @@ def test_accumulator_is_the_epoch_mean_and_resets_each_epoch():
 
 
 @pytest.mark.backend
-def test_evaluate_reports_loss_and_accuracy():
-    model = tiny_model()
+def test_evaluate_reports_loss_and_accuracy(bilevel_model):
+    model = bilevel_model()
     (x_t, y_t), _, _ = batches(steps=2)
     logs = model.evaluate(tf.data.Dataset.from_tensor_slices((x_t, y_t)).batch(4), verbose=0,
                           return_dict=True)
