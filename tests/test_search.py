@@ -129,6 +129,8 @@ def test_accumulator_is_the_epoch_mean_and_resets_each_epoch(bilevel_model):
     class Record(keras.callbacks.Callback):
         # Each step adds the edge weights of its validation forward pass.
         def on_train_batch_end(self, batch, logs=None):
+            if hasattr(model, "jax_state_sync"):  # JAX keeps the state outside the model
+                model.jax_state_sync()
             per_step.append(to_np(model.edge_weight_sum).copy())
 
     model.fit(data, epochs=1, steps_per_epoch=3, verbose=0, callbacks=[Record()])
