@@ -98,8 +98,9 @@ class SWDSearchModel(keras.Model):
 
     def search_loss(self, y, logits):
         """Mean cross-entropy of integer labels against logits."""
+        # In float32 even under a mixed-precision policy.
         return ops.mean(keras.losses.sparse_categorical_crossentropy(
-            y, logits, from_logits=True))
+            y, ops.cast(logits, "float32"), from_logits=True))
 
     @property
     def metrics(self):

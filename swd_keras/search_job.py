@@ -24,6 +24,9 @@ from swd_keras.genotype import Genotype
 from swd_keras.runs import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 
 CONFIG_FILE, CHECKPOINT_FILE = "config.json", "checkpoint.npz"
+PRECISIONS = ("float32", "mixed_bfloat16")
+"""Compute dtypes of the search. float16 would need loss scaling inside the two-optimizer
+step; bfloat16 keeps float32's range and needs none (GPUs from Ampere on, recent CPUs)."""
 
 
 @dataclasses.dataclass
@@ -52,6 +55,7 @@ class SearchConfig:
     ua_pooling: str = "avg+max"
     la_pooling: str = "avg"
     jit: bool | None = None
+    precision: str = "float32"
     limit: int | None = None
     backend: str | None = None
 
@@ -76,6 +80,8 @@ class SearchConfig:
             (min(self.lr, self.arch_lr) > 0 and self.lr_min >= 0,
              "lr and arch_lr must be > 0 and lr_min >= 0"),
             (self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip}"),
+            (self.precision in PRECISIONS,
+             f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -118,10 +124,16 @@ def build_search_model(config: SearchConfig, input_shape, num_classes: int,
     from swd_keras.search import SWDSearchModel
     from swd_keras.supernet import build_supernet
 
-    supernet = build_supernet(
-        input_shape, num_classes, channels=config.channels, layers=config.layers, k=config.k,
-        method=config.method, ua_pooling=config.ua_pooling, la_pooling=config.la_pooling,
-        upper_attention=config.upper_attention, lower_attention=config.lower_attention)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)  # layers take the policy when built
+    try:
+        supernet = build_supernet(
+            input_shape, num_classes, channels=config.channels, layers=config.layers,
+            k=config.k, method=config.method, ua_pooling=config.ua_pooling,
+            la_pooling=config.la_pooling, upper_attention=config.upper_attention,
+            lower_attention=config.lower_attention)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
     model = SWDSearchModel(supernet, mode=config.mode, method=config.method)
 
     def sgd(lr, name):

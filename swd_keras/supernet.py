@@ -88,7 +88,8 @@ def build_supernet(input_shape: Sequence[int], num_classes: int, channels: int =
 
     pooled = keras_layers.GlobalAveragePooling2D(name="global_pool")(s1)
     logits = keras_layers.Dense(num_classes, name="classifier")(pooled)
-    edge_weights = ops.stack(attens, axis=0)
+    # float32 whatever the compute dtype: these are accumulated over an epoch.
+    edge_weights = ops.cast(ops.stack(attens, axis=0), "float32")
     return keras.Model(inputs, [logits, edge_weights], name=name)
 
 

@@ -44,6 +44,9 @@ DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagenet2012")
               help="Keras backend [default: KERAS_BACKEND or tensorflow].")
 @click.option("--jit/--no-jit", default=None,
               help="Compile the step with XLA / jax.jit [default: Keras' auto].")
+@click.option("--precision", type=click.Choice(("float32", "mixed_bfloat16")),
+              default="float32", show_default=True,
+              help="Compute dtype; mixed_bfloat16 keeps variables in float32.")
 @click.option("--no-upper-attention", is_flag=True, help="Ablation: all channels enter.")
 @click.option("--no-lower-attention", is_flag=True, help="Ablation: softmax over alphas.")
 @click.option("--no-normalization", is_flag=True, help="Ablation: no eq. 11 normalization.")

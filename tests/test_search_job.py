@@ -1,0 +1,37 @@
+"""Search-job pieces that need no compiled step: config checks, precision, schedule."""
+
+import keras
+import numpy as np
+import pytest
+
+from swd_keras.optimizers import EpochCosineDecay
+from swd_keras.search_job import SearchConfig, build_search_model
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"precision": "float16"}, "precision must be one of"),
+    ({"k": 3}, "k=3 must divide"),
+    ({"epochs": 0}, "epochs must be at least 1"),
+    ({"dataset": "mnist"}, "dataset must be one of"),
+])
+def test_config_validation_names_the_setting(changes, match):
+    with pytest.raises(ValueError, match=match):
+        SearchConfig(**changes).validate()
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_with_float32_variables():
+    config = SearchConfig(channels=4, layers=1, k=2, precision="mixed_bfloat16")
+    model = build_search_model(config, (8, 8, 1), 10, steps_per_epoch=2)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    logits, weights = model(np.zeros((2, 8, 8, 1), "float32"), training=False)
+    assert keras.backend.standardize_dtype(logits.dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(weights.dtype) == "float32"
+    assert {v.dtype for v in model.trainable_variables} == {"float32"}
+
+
+def test_epoch_cosine_decay_matches_pytorch_cosine_annealing():
+    schedule = EpochCosineDecay(0.025, 0.001, epochs=4, steps_per_epoch=3)
+    got = [float(keras.ops.convert_to_numpy(schedule(step))) for step in range(12)]
+    # torch.optim.lr_scheduler.CosineAnnealingLR, stepped once per epoch.
+    expected = [0.001 + 0.024 * (1 + np.cos(np.pi * (step // 3) / 4)) / 2 for step in range(12)]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
