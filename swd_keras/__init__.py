@@ -31,12 +31,16 @@ __version__ = "0.1.0"
 
 # Loaded on first use: these import TensorFlow (tf.data, SavedModel) or matplotlib.
 _LAZY = {
-    "search_data": "swd_keras.data", "train_data": "swd_keras.data",
-    "DatasetUnavailableError": "swd_keras.data", "DATASETS": "swd_keras.data",
+    **dict.fromkeys(("search_data", "train_data", "DatasetUnavailableError", "DATASETS"),
+                    "swd_keras.data"),
     "plot_genotype": "swd_keras.plot",
-    "SearchConfig": "swd_keras.search_job", "run_search": "swd_keras.search_job",
-    "build_network": "swd_keras.network",
-    "export_savedmodel": "swd_keras.export",
+    **dict.fromkeys(("SearchConfig", "run_search"), "swd_keras.search_job"),
+    **dict.fromkeys(("build_network", "count_parameters", "inference_model"),
+                    "swd_keras.network"),
+    "Cell": "swd_keras.cells",
+    **dict.fromkeys(("RetrainConfig", "fit_network", "DropPathSchedule"), "swd_keras.training"),
+    **dict.fromkeys(("export_savedmodel", "verify_export"), "swd_keras.export"),
+    **dict.fromkeys(("run_pipeline", "pipeline_config", "PipelineConfig"), "swd_keras.pipeline"),
 }
 
 

@@ -63,7 +63,7 @@ class SearchConfig:
         """Raises a ValueError naming the first bad setting; returns self."""
         from swd_keras.data import DATASETS
         from swd_keras.search import MODES
-        from swd_keras.supernet import METHODS
+        from swd_keras.supernet import METHODS, check_channels
 
         checks = [
             (self.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}"),
@@ -86,6 +86,8 @@ class SearchConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message + ".")
+        check_channels(self.channels, self.k, self.layers,
+                       self.upper_attention and self.method != "darts")
         return self
 
     def to_json(self) -> dict:

@@ -62,7 +62,7 @@ def build_supernet(input_shape: Sequence[int], num_classes: int, channels: int =
         ua_reduction=ua_reduction, la_reduction=la_reduction,
         upper_attention=upper_attention and not darts,
         lower_attention=lower_attention and not darts, shared_alphas=darts)
-    _check_channels(channels, k, reductions, edge_options["upper_attention"])
+    check_channels(channels, k, layers, edge_options["upper_attention"])
 
     inputs = keras.Input(tuple(input_shape), name="images")
     x = keras_layers.Conv2D(stem_multiplier * channels, 3, padding="same", use_bias=False,
@@ -93,7 +93,10 @@ def build_supernet(input_shape: Sequence[int], num_classes: int, channels: int =
     return keras.Model(inputs, [logits, edge_weights], name=name)
 
 
-def _check_channels(channels, k, reductions, upper_attention):
+def check_channels(channels: int, k: int, layers: int, upper_attention: bool = True) -> None:
+    """Raises a ValueError unless a supernet of ``layers`` cells with ``channels`` and
+    ``k`` can be built: ``k`` divides C and reduction edges get ``C/k >= 2`` channels."""
+    reductions = default_reduction_indices(layers)
     if channels < 2:
         raise ValueError(f"channels must be at least 2, got {channels}.")
     if upper_attention:

@@ -13,6 +13,7 @@ from swd_keras.search_job import SearchConfig, build_search_model
     ({"k": 3}, "k=3 must divide"),
     ({"epochs": 0}, "epochs must be at least 1"),
     ({"dataset": "mnist"}, "dataset must be one of"),
+    ({"channels": 4, "k": 4}, "reduction edges need at least 2"),
 ])
 def test_config_validation_names_the_setting(changes, match):
     with pytest.raises(ValueError, match=match):
