@@ -131,6 +131,22 @@ class SWDSearchModel(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
         optimizer.build(self.trainable_variables)
 
+    def accumulate_edge_weights(self, edge_weights) -> None:
+        """Adds one validation pass's edge weights to the epoch's running mean (the
+        stateful TensorFlow and PyTorch steps; the JAX step threads the state itself)."""
+        self.edge_weight_sum.assign_add(edge_weights)
+        self.edge_weight_count.assign_add(1.0)
+
+    def record_metrics(self, loss, y, logits, arch_loss=None) -> dict:
+        """Updates the trackers (stateful steps) and returns the step's logs; without
+        ``arch_loss`` (evaluation) only loss and accuracy."""
+        self.loss_tracker.update_state(loss)
+        self.accuracy_tracker.update_state(y, logits)
+        if arch_loss is None:
+            return {m.name: m.result() for m in (self.loss_tracker, self.accuracy_tracker)}
+        self.arch_loss_tracker.update_state(arch_loss)
+        return {m.name: m.result() for m in self.metrics}
+
     def train_step(self, *args):
         return self._step.train_step(self, *args)
 

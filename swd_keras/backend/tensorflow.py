@@ -25,19 +25,13 @@ def train_step(model, data):
     else:
         logits, edge_weights = model(x_val, training=True)
         arch_loss = model.search_loss(y_val, logits)
-    model.edge_weight_sum.assign_add(edge_weights)
-    model.edge_weight_count.assign_add(1.0)
+    model.accumulate_edge_weights(edge_weights)
     variables = model.weight_variables if model.mode == "bilevel" else model.trainable_variables
     loss, logits, _ = _update(model, x_train, y_train, variables, optimizer.weights_optimizer)
-    model.loss_tracker.update_state(loss)
-    model.accuracy_tracker.update_state(y_train, logits)
-    model.arch_loss_tracker.update_state(arch_loss)
-    return {m.name: m.result() for m in model.metrics}
+    return model.record_metrics(loss, y_train, logits, arch_loss)
 
 
 def test_step(model, data):
     x, y = data[:2]
     logits, _ = model(x, training=False)
-    model.loss_tracker.update_state(model.search_loss(y, logits))
-    model.accuracy_tracker.update_state(y, logits)
-    return {m.name: m.result() for m in model.metrics[:2]}
+    return model.record_metrics(model.search_loss(y, logits), y, logits)
