@@ -7,14 +7,21 @@ process) and times its train step the way ``fit()`` runs it, split into phases:
     build         ``build_supernet`` + ``SWDSearchModel`` + ``compile()``;
     trace         TensorFlow: Python tracing of the step into a graph (with the number
                   of graph operations); JAX: tracing and lowering under ``jax.jit``;
-    optimise+run  TensorFlow: the first call, which runs the Grappler graph optimiser
-                  and then the step; JAX: XLA compilation, then the first step;
+    compile       JAX: XLA compilation;
+    optimise+run  TensorFlow: the first call, which runs the Grappler graph optimiser,
+                  builds the executor and runs the step; JAX: the first compiled step;
                   PyTorch: the first (eager) step;
     step          the median of the next ``--steps`` steps.
 
-TensorFlow's graph optimiser can be switched off (``--grappler off``) or limited to
-some passes (``--grappler-off layout_optimizer remapping ...``) to measure what it costs
-and what it gains.
+Each phase also reports its process CPU seconds (``*_cpu_s``, all threads), which other
+work on a shared machine disturbs less than wall time, and the resident memory after
+build, trace and the steps (``rss_after_*_gb``) beside the peak.
+
+TensorFlow's graph optimiser runs as ``model.fit`` sets it (off on a CPU, see
+``swd_keras/backend/tensorflow.py``) unless ``--grappler on`` or ``off`` says otherwise;
+``--grappler on --grappler-off layout_optimizer remapping ...`` switches single passes
+off, to measure what each costs and gains; ``--profile DIR`` runs two more steps under the TensorFlow profiler
+and reports the kernel time per op type.
 
 Example:
     python bench/startup.py --backend tensorflow --grappler off --json startup.json
@@ -48,11 +55,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--grappler", choices=["default", "off"], default="default",
-                        help="TensorFlow: run the Grappler graph optimiser or not")
+    parser.add_argument("--grappler", choices=["fit", "on", "off"], default="fit",
+                        help="TensorFlow: the Grappler graph optimiser as model.fit sets it "
+                             "(off on a CPU), or on, or off")
     parser.add_argument("--grappler-off", nargs="+", default=[], choices=GRAPPLER_PASSES,
                         metavar="PASS", help=f"TensorFlow: Grappler passes to switch off, "
                                              f"of {', '.join(GRAPPLER_PASSES)}")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="TensorFlow: profile two more steps into DIR and report the "
+                             "busiest op types (time summed over the threads)")
     parser.add_argument("--json", metavar="OUT", help="also write the phases here")
     args = parser.parse_args(argv)
     if min(args.cells, args.k, args.batch_size, args.input_size, args.channels,
@@ -61,9 +72,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _timed(fn):
-    start = time.perf_counter()
+_CPU = {}
+_OPEN_SCOPES = []
+
+
+def _rss_gb() -> float:
+    """The process' resident memory now (Linux), GB."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def _timed(fn, name=None):
+    """(fn(), wall seconds); with ``name``, also records the process CPU seconds (all
+    threads), which other processes on a shared machine disturb less than wall time."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn()
+    if name:
+        _CPU[name] = time.process_time() - cpu
     return result, time.perf_counter() - start
 
 
@@ -90,7 +116,8 @@ def main(argv=None) -> int:
         model.compile()
         return model
 
-    model, phases["build_s"] = _timed(build)
+    model, phases["build_s"] = _timed(build, "build_cpu_s")
+    phases["rss_after_build_gb"] = _rss_gb()
     rng = np.random.default_rng(0)
     shape = (args.batch_size, args.input_size, args.input_size, 3)
 
@@ -101,13 +128,19 @@ def main(argv=None) -> int:
     data = (batch(), batch())
     step = {"tensorflow": _tensorflow_step, "jax": _jax_step, "torch": _torch_step}[
         args.backend](model, data, args, phases)
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.steps):
-        _, seconds = _timed(step)
+        _, seconds = _timed(step, "step_cpu_s")
         times.append(seconds)
+        cpu_times.append(_CPU["step_cpu_s"])
     phases["step_s"] = float(np.median(times))
+    phases["rss_after_steps_gb"] = _rss_gb()
+    _CPU["step_cpu_s"] = float(np.median(cpu_times))
     phases["first_step_total_s"] = time.perf_counter() - _PROCESS_START - sum(times)
+    if args.profile and args.backend == "tensorflow":
+        phases["profile"] = _tensorflow_profile(step, args.profile)
     phases["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    phases.update(_CPU)
     result = {**vars(args), **phases}
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v
                       for k, v in result.items()}, indent=1))
@@ -121,23 +154,77 @@ def main(argv=None) -> int:
 def _tensorflow_step(model, data, args, phases):
     import tensorflow as tf
 
-    if args.grappler == "off":
+    if args.grappler == "fit":  # as model.fit runs the step; kept until the end
+        _OPEN_SCOPES.append(model._step.fit_scope(model))
+        _OPEN_SCOPES[-1].__enter__()
+    elif args.grappler == "off":
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    elif args.grappler_off:
+    if args.grappler_off:
         tf.config.optimizer.set_experimental_options(
             {name: False for name in args.grappler_off})
     data = tf.nest.map_structure(tf.constant, data)
     # As keras' TensorFlow trainer wraps train_step (without autograph).
     function = tf.function(tf.autograph.experimental.do_not_convert(model.train_step),
                            reduce_retracing=True)
-    concrete, phases["trace_s"] = _timed(lambda: function.get_concrete_function(data))
-    phases["graph_ops"] = len(concrete.graph.get_operations())
+    concrete, phases["trace_s"] = _timed(lambda: function.get_concrete_function(data),
+                                         "trace_cpu_s")
+    # The step's graph and the functions it calls (the shared forward/backward).
+    graph = concrete.graph.as_graph_def()
+    phases["graph_ops"] = len(graph.node) + sum(len(f.node_def) for f in graph.library.function)
+    phases["rss_after_trace_gb"] = _rss_gb()
 
     def step():
         return float(function(data)["loss"])
 
-    _, phases["optimise_and_first_step_s"] = _timed(step)
+    _, phases["optimise_and_first_step_s"] = _timed(step, "optimise_and_first_step_cpu_s")
     return step
+
+
+def _tensorflow_profile(step, logdir: str, steps: int = 2) -> dict:
+    """Runs ``steps`` steps under the TensorFlow profiler and sums the kernel time of
+    each op type (over all threads), split into forward and gradient ops."""
+    import collections
+    import glob
+
+    import tensorflow as tf
+
+    try:
+        from tsl.profiler.protobuf import xplane_pb2
+    except ImportError:  # older layouts
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    tf.profiler.experimental.start(logdir)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    wall = time.perf_counter() - start
+    tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    with open(sorted(glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb"))[-1], "rb") as f:
+        space.ParseFromString(f.read())
+    by_type, by_part, executor = collections.Counter(), collections.Counter(), 0.0
+    for plane in space.planes:
+        names = plane.event_metadata
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                name, seconds = names[event.metadata_id].name, event.duration_ps * 1e-12
+                if name.startswith("ExecutorState::"):  # spans the kernels it runs
+                    executor += seconds
+                    continue
+                if ":" not in name:  # other runtime events
+                    continue
+                node, op_type = name.rsplit(":", 1)
+                by_type[op_type] += seconds
+                part = "gradient" if "gradient" in node.lower() else "forward/update"
+                by_part[part] += seconds
+    per_step = {k: round(v / steps, 3) for k, v in by_type.most_common(20)}
+    return {"wall_s_per_step": round(wall / steps, 3),
+            "kernel_s_per_step": round(sum(by_type.values()) / steps, 3),
+            "executor_process_s_per_step": round(executor / steps, 3),
+            "by_part_s_per_step": {k: round(v / steps, 3) for k, v in by_part.items()},
+            "top_op_types_s_per_step": per_step}
 
 
 def _jax_step(model, data, args, phases):
@@ -151,8 +238,8 @@ def _jax_step(model, data, args, phases):
         [v.value for v in model.metrics_variables],
     )
     jitted = jax.jit(model.train_step)
-    lowered, phases["trace_s"] = _timed(lambda: jitted.lower(state, data))
-    compiled, phases["compile_s"] = _timed(lowered.compile)
+    lowered, phases["trace_s"] = _timed(lambda: jitted.lower(state, data), "trace_cpu_s")
+    compiled, phases["compile_s"] = _timed(lowered.compile, "compile_cpu_s")
     holder = {"state": state}
 
     def step():

@@ -6,6 +6,7 @@ live in ``swd_keras/backend/``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import keras
@@ -158,7 +159,9 @@ class SWDSearchModel(keras.Model):
     def fit(self, *args, callbacks=None, **kwargs):
         """``keras.Model.fit``, with the edge-weight running mean reset each epoch."""
         callbacks = [ResetEdgeWeights(), *(callbacks or [])]
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+        # The backend's settings for building the step (TensorFlow: see fit_scope).
+        with getattr(self._step, "fit_scope", lambda model: contextlib.nullcontext())(self):
+            return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def reset_edge_weights(self) -> None:
         self.edge_weight_sum.assign(ops.zeros(self.edge_weight_sum.shape))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers, ops
 
-from swd_keras.mixed_op import SWDMixedOp
+from swd_keras.mixed_op import SWDMixedOp, call_edges
 from swd_keras.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, check_primitives
 
 STEPS = 4
@@ -84,19 +84,27 @@ class SearchCell(layers.Layer):
     def call(self, s0, s1, edge_weights=None, training=None):
         states = [self.preprocess0(s0, training=training),
                   self.preprocess1(s1, training=training)]
-        attens = []
-        index = 0
-        for _ in range(STEPS):
-            node = 0
-            for source in range(len(states)):
-                weights = None if edge_weights is None else edge_weights[index]
-                out, atten = self.edges[index](states[source], edge_weights=weights,
-                                               training=training, return_edge_weights=True)
-                node = node + out
-                attens.append(atten)
-                index += 1
-            states.append(node)
-        return ops.concatenate(states[2:], axis=-1), ops.stack(attens, axis=0)
+        sources, results = edge_inputs(), [None] * NUM_EDGES
+        first = 0  # the first edge of the next node
+        for node in range(STEPS):
+            # Every edge leaving a known state is computed now, together (the 8 edges
+            # leaving the cell inputs, then 3, 2 and 1 leaving each new node): one
+            # group's graph is little larger than one edge's (``call_edges``).
+            ready = [e for e, source in enumerate(sources)
+                     if source < len(states) and results[e] is None]
+            outputs = call_edges(
+                [self.edges[e] for e in ready], [states[sources[e]] for e in ready],
+                None if edge_weights is None else [edge_weights[e] for e in ready],
+                training=training)
+            for e, output in zip(ready, outputs):
+                results[e] = output
+            node_value = 0
+            for e in range(first, first + 2 + node):
+                node_value = node_value + results[e][0]
+            states.append(node_value)
+            first += 2 + node
+        return (ops.concatenate(states[2:], axis=-1),
+                ops.stack([atten for _, atten in results], axis=0))
 
     def compute_output_spec(self, s0, s1, edge_weights=None, training=None):
         # Declared rather than traced: tracing 14 edges x n ops symbolically costs

@@ -61,6 +61,30 @@ def test_make_optimizer_matches_pytorch_rule_with_clipping_and_cosine():
                                    atol=1e-6)
 
 
+@pytest.mark.backend
+def test_torch_sgd_leaves_variables_without_gradient_alone():
+    # torch.optim.SGD skips a parameter whose grad is None: no decay, no momentum step.
+    rng = np.random.default_rng(1)
+    initial = [rng.normal(size=shape).astype("float32") for shape in ((2, 3), (5,), (1, 1, 2, 2))]
+    variables = [keras.Variable(w) for w in initial]
+    optimizer = TorchSGD(0.05, momentum=0.9, weight_decay=0.01, global_clipnorm=1.0)
+    optimizer.build(variables)
+    present = [(0, 1, 2), (0, 2), (1,), (0, 1, 2)]
+    weights = [w.astype(np.float64) for w in initial]
+    buffers = [np.zeros_like(w) for w in weights]
+    for indices in present:
+        grads = {i: rng.normal(size=initial[i].shape).astype("float32") * 3 for i in indices}
+        optimizer.apply([keras.ops.convert_to_tensor(grads[i]) for i in indices],
+                        [variables[i] for i in indices])
+        scale = min(1.0, 1.0 / math.sqrt(sum(float((g ** 2).sum()) for g in grads.values())))
+        for i, g in grads.items():
+            buffers[i] = 0.9 * buffers[i] + g * scale + 0.01 * weights[i]
+            weights[i] = weights[i] - 0.05 * buffers[i]
+    for variable, want in zip(variables, weights):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), want, rtol=1e-5,
+                                   atol=1e-6)
+
+
 def test_make_optimizer_config_round_trip_keeps_coupled_decay():
     optimizer = make_optimizer(0.025, epochs=10, steps_per_epoch=5, weight_decay=3e-4,
                                grad_clip=5.0)
