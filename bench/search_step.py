@@ -34,8 +34,8 @@ import time
 _PROCESS_START = time.perf_counter()
 
 BACKENDS = ("tensorflow", "jax", "torch")
-COLUMNS = ("backend", "method", "jit", "cells", "k", "batch", "input", "C", "images/s",
-           "step s", "first step s", "start s", "build s", "peak RSS GB")
+COLUMNS = ("backend", "method", "jit", "precision", "cells", "k", "batch", "input", "C",
+           "images/s", "step s", "first step s", "start s", "build s", "peak RSS GB")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", nargs="+", type=int, default=[64])
     parser.add_argument("--input-size", nargs="+", type=int, default=[32])
     parser.add_argument("--channels", nargs="+", type=int, default=[16])
+    parser.add_argument("--precision", nargs="+", default=["float32"],
+                        choices=["float32", "mixed_bfloat16"],
+                        help="Keras dtype policy (swd-keras search --precision)")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median)")
     parser.add_argument("--warmup", type=int, default=2,
@@ -70,7 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def configurations(args: argparse.Namespace) -> list[dict]:
     """Every combination of the list-valued options, as child-process settings."""
-    keys = ("backend", "method", "cells", "k", "batch_size", "input_size", "channels")
+    keys = ("backend", "method", "precision", "cells", "k", "batch_size", "input_size",
+            "channels")
     return [dict(zip(keys, values), jit=args.jit, classes=args.classes, steps=args.steps,
                  warmup=args.warmup)
             for values in itertools.product(*(getattr(args, key) for key in keys))]
@@ -92,6 +96,7 @@ def run_child(config: dict) -> dict:
 
     imported = time.perf_counter()
     keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy(config["precision"])
     size, batch = config["input_size"], config["batch_size"]
     supernet = build_supernet((size, size, 3), config["classes"],
                               channels=config["channels"], layers=config["cells"],
@@ -164,12 +169,14 @@ def table_rows(results: list[dict]) -> list[tuple[str, ...]]:
     rows = []
     for r in results:
         if "error" in r:
-            rows.append((r["backend"], r["method"], str(r["jit"]), str(r["cells"]),
+            rows.append((r["backend"], r["method"], str(r["jit"]), r["precision"],
+                         str(r["cells"]),
                          str(r["k"]), str(r["batch_size"]), str(r["input_size"]),
                          str(r["channels"]), "failed: " + r["error"].splitlines()[-1][:60],
                          "", "", "", "", ""))
             continue
-        rows.append((r["backend"], r["method"], str(r["jit"]), str(r["cells"]), str(r["k"]),
+        rows.append((r["backend"], r["method"], str(r["jit"]), r["precision"],
+                     str(r["cells"]), str(r["k"]),
                      str(r["batch_size"]), str(r["input_size"]), str(r["channels"]),
                      f"{r['images_per_s']:.1f}", f"{r['step_s']:.2f}",
                      f"{r['first_step_s']:.1f}", f"{r['start_s']:.1f}", f"{r['build_s']:.1f}",

@@ -20,8 +20,8 @@ build, trace and the steps (``rss_after_*_gb``) beside the peak.
 TensorFlow's graph optimiser runs as ``model.fit`` sets it (off on a CPU, see
 ``swd_keras/backend/tensorflow.py``) unless ``--grappler on`` or ``off`` says otherwise;
 ``--grappler on --grappler-off layout_optimizer remapping ...`` switches single passes
-off, to measure what each costs and gains; ``--profile DIR`` runs two more steps under the TensorFlow profiler
-and reports the kernel time per op type.
+off, to measure what each costs and gains. ``--profile DIR`` runs two more steps under
+the TensorFlow profiler and reports the kernel time per op type.
 
 Example:
     python bench/startup.py --backend tensorflow --grappler off --json startup.json

@@ -53,11 +53,26 @@ def test_startup_reports_phases(tmp_path):
         assert phases[key] > 0, key
 
 
+def test_inference_reports_a_row_per_network(tmp_path):
+    out = tmp_path / "inference.json"
+    result = run("inference.py", "--backend", "torch", "--networks", "swd-5", "darts-8",
+                 "retrain", "--input-size", "8", "--search-channels", "4", "--k", "2",
+                 "--retrain-channels", "4", "--retrain-cells", "5", "--runs", "3",
+                 "--warmup", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["network"], r["cells"], r["C"]) for r in rows] == [
+        ("swd-5", 5, 4), ("darts-8", 8, 4), ("retrain", 5, 4)]
+    for r in rows:
+        assert r["parameters"] > 0 and r["mean ms"] > 0 and r["median ms"] > 0
+    assert len([line for line in result.stdout.splitlines() if line.startswith("|")]) == 5
+
+
 @pytest.mark.slow
 def test_startup_counts_tensorflow_graph_operations(tmp_path):
     out = tmp_path / "startup.json"
     result = run("startup.py", "--backend", "tensorflow", *TINY, "--steps", "1",
-                 "--grappler", "off", "--json", str(out))
+                 "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     phases = json.loads(out.read_text())
     assert phases["graph_ops"] > 1000 and phases["trace_s"] > 0
@@ -67,6 +82,9 @@ def test_startup_counts_tensorflow_graph_operations(tmp_path):
     ("search_step.py", ["--cells", "0"]),
     ("search_step.py", ["--backend", "numpy"]),
     ("startup.py", ["--grappler-off", "no_such_pass"]),
+    ("inference.py", ["--runs", "0"]),
+    ("inference.py", ["--networks", "swd-3"]),
+    ("inference.py", ["--networks", "swd-5", "--search-channels", "4"]),  # c/k = 1
 ])
 def test_bad_options_are_one_clear_line(script, args):
     result = run(script, *args, timeout=60)

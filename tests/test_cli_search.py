@@ -35,6 +35,7 @@ def test_digits_search_writes_a_run_folder_and_resumes_identically(tmp_path):
     lines = (unbroken / "genotypes.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert "collapse report" in result.output and "parameter-free" in result.output
+    assert result.output.count("first step done after") == 1  # start-up shown once
     history = (unbroken / "history.csv").read_text().splitlines()
     assert history[0].split(",")[:1] == ["epoch"] and len(history) == 3
 
