@@ -70,6 +70,36 @@ def _embed(kernel, size: int):
     return ops.pad(kernel, ((pad, pad), (pad, pad), (0, 0), (0, 0)))
 
 
+def depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1):
+    """``ops.depthwise_conv(x, kernel, strides, "same", dilation_rate)``, channels last.
+
+    On JAX it is computed as a sum of the kernel's shifted, per-channel products: XLA's
+    CPU kernel-gradient of a grouped convolution is pathological (a 5x5 depthwise
+    convolution of a 64x32x32x64 tensor: 62 ms forward, 9.7 s forward and backward),
+    while the shifted products fuse into elementwise loops (docs/BENCHMARKS.md).
+    """
+    if keras.backend.backend() != "jax":
+        return ops.depthwise_conv(x, kernel, strides=strides, padding="same",
+                                  dilation_rate=dilation_rate)
+    size, _, _, multiplier = kernel.shape
+    if multiplier > 1:  # output channel c * multiplier + j reads input channel c
+        x = ops.repeat(x, multiplier, axis=-1)
+    kernel = ops.reshape(kernel, (size, size, -1))
+    span = dilation_rate * (size - 1) + 1
+    h, w = x.shape[1], x.shape[2]
+    out_h, out_w = -(-h // strides), -(-w // strides)
+    x = ops.pad(x, ((0, 0), same_padding(h, span, strides), same_padding(w, span, strides),
+                    (0, 0)))
+    total = 0
+    for i in range(size):
+        for j in range(size):
+            top, left = i * dilation_rate, j * dilation_rate
+            window = x[:, top:top + (out_h - 1) * strides + 1:strides,
+                       left:left + (out_w - 1) * strides + 1:strides, :]
+            total = total + window * kernel[i, j]
+    return total
+
+
 def _concat(tensors: list, axis: int = -1):
     return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, axis=axis)
 
@@ -386,8 +416,8 @@ class _Fused:
         """The separable convolutions, channels (op, e, j)."""
         names, c, edges = self.first._sep, self.c, self.edges
         size = max(_SEP_CONV[n] for n in names)
-        y = ops.depthwise_conv(relu, self._depthwise_kernel(names, "first_depthwise", size),
-                               strides=self.s, padding="same")
+        y = depthwise_conv(relu, self._depthwise_kernel(names, "first_depthwise", size),
+                           strides=self.s)
         y = self._pointwise(y, names, "first_pointwise", "eig", "egj")
         y = self._batch_norm(y, [(layer.sep_bn_moving_mean, layer.sep_bn_moving_variance)
                                  for layer in self.layers], op_major=False,
@@ -398,7 +428,7 @@ class _Fused:
             kernel = ops.reshape(ops.transpose(
                 ops.reshape(kernel, (size, size, edges, c, len(names))), (0, 1, 2, 4, 3)),
                 (size, size, edges * len(names) * c, 1))
-        y = ops.depthwise_conv(ops.relu(y), kernel, strides=1, padding="same")
+        y = depthwise_conv(ops.relu(y), kernel)
         return self._pointwise(y, names, "second_pointwise", "egi", "gej")
 
     def _dil_convs(self, relu, h, w):
@@ -407,14 +437,12 @@ class _Fused:
         size = max(_DIL_CONV[n] for n in names)
         kernel = self._depthwise_kernel(names, "depthwise", size)
         if self.s == 1:
-            y = ops.depthwise_conv(relu, kernel, strides=1, padding="same",
-                                   dilation_rate=_DILATION)
+            y = depthwise_conv(relu, kernel, dilation_rate=_DILATION)
         else:
             # A stride-2 "same" convolution with dilation 2 reads only the pixels of one
             # parity (odd for even sizes, even for odd ones): it is the undilated
             # stride-1 convolution of those pixels.
-            y = ops.depthwise_conv(relu[:, 1 - h % 2::2, 1 - w % 2::2, :], kernel,
-                                   strides=1, padding="same")
+            y = depthwise_conv(relu[:, 1 - h % 2::2, 1 - w % 2::2, :], kernel)
         return self._pointwise(y, names, "pointwise", "eig", "gej")
 
     def _factorized_reduce(self, relu, h, w):

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from swd_keras.fused_ops import CandidateOps, compute_candidates
+from swd_keras.fused_ops import CandidateOps, compute_candidates, depthwise_conv
 from swd_keras.mixed_op import SWDMixedOp, call_edges
 from swd_keras.ops import PRIMITIVES, make_op
 from tests import reference as ref
@@ -87,6 +87,22 @@ def reference_features(layer, x, training, stats):
     features = (np.concatenate(outputs, axis=-1) if outputs
                 else np.zeros(x[:, ::s, ::s, :0].shape))
     return features, new_stats
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2)])
+@pytest.mark.parametrize("size", [8, 7])
+@pytest.mark.parametrize("kernel_size,multiplier", [(3, 1), (5, 2)])
+def test_depthwise_conv_matches_reference(stride, dilation, size, kernel_size, multiplier):
+    # On JAX it is a sum of shifted products; on the others keras' depthwise_conv.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, size, size, 3)).astype("float32")
+    kernel = rng.normal(size=(kernel_size, kernel_size, 3, multiplier)).astype("float32")
+    got = to_np(depthwise_conv(keras.ops.convert_to_tensor(x),
+                               keras.ops.convert_to_tensor(kernel), stride, dilation))
+    want = np.stack([ref.depthwise_conv(x, kernel[..., j:j + 1], stride, dilation)
+                     for j in range(multiplier)], axis=-1).reshape(got.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.backend
