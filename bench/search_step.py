@@ -89,7 +89,6 @@ def run_child(config: dict) -> dict:
 
     import keras
     import numpy as np
-    import tensorflow as tf
 
     from swd_keras.search import SWDSearchModel
     from swd_keras.supernet import build_supernet
@@ -114,8 +113,21 @@ def run_child(config: dict) -> dict:
         labels = rng.integers(0, config["classes"], distinct * batch).astype("int32")
         return images, labels
 
-    data = (tf.data.Dataset.from_tensor_slices((half(), half()))
-            .batch(batch, drop_remainder=True).cache().repeat().prefetch(2))
+    train, val = half(), half()
+    if config["backend"] == "tensorflow":  # a tf.data pipeline, as swd-keras search feeds it
+        import tensorflow as tf
+
+        data = (tf.data.Dataset.from_tensor_slices((train, val))
+                .batch(batch, drop_remainder=True).cache().repeat().prefetch(2))
+    else:  # a generator: no TensorFlow needed (the lent GPUs have none)
+        batches = [tuple((x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
+                         for x, y in (train, val)) for i in range(distinct)]
+
+        def cycle():  # keras takes generators (not other iterators)
+            while True:
+                yield from batches
+
+        data = cycle()
 
     class StepTimer(keras.callbacks.Callback):
         """Records when each step ends. Reading the loss makes the end real: Keras runs

@@ -140,6 +140,8 @@ def main(argv=None) -> int:
     if args.profile and args.backend == "tensorflow":
         phases["profile"] = _tensorflow_profile(step, args.profile)
     phases["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    for scope in _OPEN_SCOPES:  # before the interpreter's shutdown unloads TensorFlow
+        scope.__exit__(None, None, None)
     phases.update(_CPU)
     result = {**vars(args), **phases}
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v
