@@ -161,9 +161,23 @@ class SearchRunCallback(keras.callbacks.Callback):
         self.run_dir, self.config, self.state, self.echo = run_dir, config, state, echo
         self.diverged: str | None = None
         self._fit_started: float | None = None
+        self._epoch_line: str | None = None
 
     def on_train_begin(self, logs=None):
         self._fit_started = time.perf_counter()
+
+    def _flush_epoch_line(self):
+        # Printed once Keras' progress bar has ended its line (it runs after this
+        # callback at the epoch's end).
+        if self._epoch_line is not None:
+            line, self._epoch_line = self._epoch_line, None
+            self.echo(line)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._flush_epoch_line()
+
+    def on_train_end(self, logs=None):
+        self._flush_epoch_line()
 
     def on_train_batch_end(self, batch, logs=None):
         if self._fit_started is not None:  # the first step: the compiled step runs
@@ -188,7 +202,7 @@ class SearchRunCallback(keras.callbacks.Callback):
         self.state["genotypes"].append({"epoch": epoch + 1, "genotype": genotype.to_dict()})
         write_run_outputs(self.run_dir, self.state, genotype)
         save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.model, self.state)
-        self.echo(f"epoch {epoch + 1}: {genotype}")
+        self._epoch_line = f"epoch {epoch + 1}: {genotype}"
 
 
 def write_run_outputs(run_dir: Path, state: dict, genotype: Genotype) -> None:
