@@ -178,3 +178,25 @@ def test_compile_rejects_a_loss():
         model.compile(loss="mse")
     with pytest.raises(ValueError, match="mode must be one of"):
         SWDSearchModel(model.supernet, mode="alternating")
+
+
+def test_frozen_layers_after_a_recompile_stay_unchanged():
+    # The step follows a changed set of trainable variables (the TensorFlow step caches
+    # its forward/backward function per set; JAX and PyTorch take the set each step).
+    model = tiny_model()
+    _, _, data = batches(steps=2)
+    model.fit(data.take(1), epochs=1, verbose=0)
+    stem = [layer for layer in model.supernet.layers if "stem" in layer.name]
+    assert stem
+    for layer in stem:
+        layer.trainable = False
+    model.compile(weights_optimizer=TorchSGD(LR, momentum=MOMENTUM),
+                  attention_optimizer=TorchSGD(LR, momentum=MOMENTUM))
+    frozen = snapshot([v for layer in stem for v in layer.trainable_weights + layer.weights])
+    trained = snapshot(model.weight_variables)
+    model.fit(data.skip(1), epochs=1, verbose=0)
+    for path, value in frozen.items():
+        if "moving_" not in path:
+            np.testing.assert_array_equal(snapshot(model.variables)[path], value, err_msg=path)
+    after = snapshot(model.weight_variables)
+    assert any(not np.array_equal(after[p], trained[p]) for p in trained)

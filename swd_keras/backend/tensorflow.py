@@ -45,9 +45,11 @@ def fit_scope(model):
 
 def forward_backward(model):
     """``(x, y) -> (loss, logits, edge_weights, gradients)``, the gradients in
-    ``model.trainable_variables`` order; one ``tf.function`` per model."""
-    if model not in _FORWARD_BACKWARD:
-        variables = model.trainable_variables
+    ``model.trainable_variables`` order; one ``tf.function`` per model, made anew when
+    its trainable variables or its ``jit_compile`` change."""
+    variables = model.trainable_variables
+    key = (tuple(id(v) for v in variables), model.jit_compile)
+    if _FORWARD_BACKWARD.get(model, (None,))[0] != key:
 
         def run(x, y):
             with tf.GradientTape() as tape:
@@ -57,9 +59,9 @@ def forward_backward(model):
 
         # XLA compiles the step as one cluster and inlines the call itself.
         attributes = None if model.jit_compile else {"_noinline": True}
-        _FORWARD_BACKWARD[model] = tf.function(run, autograph=False,
-                                               experimental_attributes=attributes)
-    return _FORWARD_BACKWARD[model]
+        _FORWARD_BACKWARD[model] = key, tf.function(run, autograph=False,
+                                                    experimental_attributes=attributes)
+    return _FORWARD_BACKWARD[model][1]
 
 
 def _update(model, x, y, variables, optimizer):
