@@ -68,6 +68,18 @@ def test_inference_reports_a_row_per_network(tmp_path):
     assert len([line for line in result.stdout.splitlines() if line.startswith("|")]) == 5
 
 
+def test_depthwise_compares_both_jax_versions(tmp_path):
+    out = tmp_path / "depthwise.json"
+    result = run("depthwise.py", "--batch-size", "2", "--input-size", "7", "--channels", "3",
+                 "--size", "3", "--strides", "2", "--runs", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [(r["version"], r["pass"]) for r in report["rows"]] == [
+        ("xla grouped conv", "forward"), ("xla grouped conv", "forward + backward"),
+        ("shifted products", "forward"), ("shifted products", "forward + backward")]
+    assert report["max_relative_difference"] < 1e-5
+
+
 @pytest.mark.slow
 def test_startup_counts_tensorflow_graph_operations(tmp_path):
     out = tmp_path / "startup.json"
@@ -83,6 +95,7 @@ def test_startup_counts_tensorflow_graph_operations(tmp_path):
     ("search_step.py", ["--backend", "numpy"]),
     ("startup.py", ["--grappler-off", "no_such_pass"]),
     ("inference.py", ["--runs", "0"]),
+    ("depthwise.py", ["--strides", "2", "--dilation", "2"]),
     ("inference.py", ["--networks", "swd-3"]),
     ("inference.py", ["--networks", "swd-5", "--search-channels", "4"]),  # c/k = 1
 ])
