@@ -28,8 +28,8 @@ def fit_scope(model):
     On a CPU, Grappler spent ~15 s optimising the search step before its first run,
     half the time to the first step, and its only gain per step there is pruning the
     attention half's weight gradients (~10%; docs/BENCHMARKS.md). On a GPU its layout
-    and fusion passes matter, and XLA replaces it. The setting is process-wide, so it is restored
-    when ``fit`` returns: functions instantiated later are optimised as usual.
+    and fusion passes matter, and XLA replaces it. The setting is process-wide, so it
+    is restored when ``fit`` returns: functions instantiated later are optimised as usual.
     """
     if model.jit_compile or tf.config.list_logical_devices("GPU"):
         yield
