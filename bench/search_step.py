@@ -34,7 +34,7 @@ import time
 _PROCESS_START = time.perf_counter()
 
 BACKENDS = ("tensorflow", "jax", "torch")
-COLUMNS = ("backend", "method", "jit", "precision", "cells", "k", "batch", "input", "C",
+COLUMNS = ("backend", "method", "jit", "precision", "remat", "cells", "k", "batch", "input", "C",
            "images/s", "step s", "first step s", "start s", "build s", "peak RSS GB")
 
 
@@ -56,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", nargs="+", default=["float32"],
                         choices=["float32", "mixed_bfloat16"],
                         help="Keras dtype policy (swd-keras search --precision)")
+    parser.add_argument("--remat", nargs="+", default=["off"], choices=["off", "on"],
+                        help="recompute the edges for their gradient (swd-keras search "
+                             "--remat)")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median)")
     parser.add_argument("--warmup", type=int, default=2,
@@ -73,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def configurations(args: argparse.Namespace) -> list[dict]:
     """Every combination of the list-valued options, as child-process settings."""
-    keys = ("backend", "method", "precision", "cells", "k", "batch_size", "input_size",
+    keys = ("backend", "method", "precision", "remat", "cells", "k", "batch_size", "input_size",
             "channels")
     return [dict(zip(keys, values), jit=args.jit, classes=args.classes, steps=args.steps,
                  warmup=args.warmup)
@@ -99,7 +102,8 @@ def run_child(config: dict) -> dict:
     size, batch = config["input_size"], config["batch_size"]
     supernet = build_supernet((size, size, 3), config["classes"],
                               channels=config["channels"], layers=config["cells"],
-                              k=config["k"], method=config["method"])
+                              k=config["k"], method=config["method"],
+                              rematerialize=config["remat"] == "on")
     model = SWDSearchModel(supernet, method=config["method"])
     model.compile(jit_compile=config["jit"])
     built = time.perf_counter()
@@ -182,13 +186,13 @@ def table_rows(results: list[dict]) -> list[tuple[str, ...]]:
     for r in results:
         if "error" in r:
             rows.append((r["backend"], r["method"], str(r["jit"]), r["precision"],
-                         str(r["cells"]),
+                         r["remat"], str(r["cells"]),
                          str(r["k"]), str(r["batch_size"]), str(r["input_size"]),
                          str(r["channels"]), "failed: " + r["error"].splitlines()[-1][:60],
                          "", "", "", "", ""))
             continue
         rows.append((r["backend"], r["method"], str(r["jit"]), r["precision"],
-                     str(r["cells"]), str(r["k"]),
+                     r["remat"], str(r["cells"]), str(r["k"]),
                      str(r["batch_size"]), str(r["input_size"]), str(r["channels"]),
                      f"{r['images_per_s']:.1f}", f"{r['step_s']:.2f}",
                      f"{r['first_step_s']:.1f}", f"{r['start_s']:.1f}", f"{r['build_s']:.1f}",

@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--remat", action=argparse.BooleanOptionalAction, default=False,
+                        help="recompute the edges for their gradient (swd-keras search --remat)")
     parser.add_argument("--grappler", choices=["fit", "on", "off"], default="fit",
                         help="TensorFlow: the Grappler graph optimiser as model.fit sets it "
                              "(off on a CPU), or on, or off")
@@ -111,7 +113,7 @@ def main(argv=None) -> int:
     def build():
         supernet = build_supernet((args.input_size,) * 2 + (3,), args.classes,
                                   channels=args.channels, layers=args.cells, k=args.k,
-                                  method=args.method)
+                                  method=args.method, rematerialize=args.remat)
         model = SWDSearchModel(supernet, method=args.method)
         model.compile()
         return model

@@ -73,11 +73,12 @@ def _embed(kernel, size: int):
 def depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1):
     """``ops.depthwise_conv(x, kernel, strides, "same", dilation_rate)``, channels last.
 
-    On JAX it is computed as a sum of the kernel's shifted, per-channel products: XLA's
-    CPU kernel-gradient of a grouped convolution is pathological (a 5x5 depthwise
-    convolution, depth multiplier 2, of a 64x32x32x32 tensor: 70 ms forward, 9.9 s
-    forward and backward; 162 ms as shifted products, which fuse into elementwise
-    loops; ``bench/depthwise.py``, docs/BENCHMARKS.md).
+    On JAX it is computed as a sum of the kernel's shifted, per-channel products, with
+    a gradient of the same form (``_jax_shifted_products``): XLA's CPU kernel-gradient
+    of a grouped convolution is pathological (a 5x5 depthwise convolution, depth
+    multiplier 2, of a 64x32x32x32 tensor: 70 ms forward, 9.9 s forward and backward;
+    162 ms as shifted products, which fuse into elementwise loops; ``bench/depthwise.py``,
+    docs/BENCHMARKS.md).
     """
     if keras.backend.backend() != "jax":
         return ops.depthwise_conv(x, kernel, strides=strides, padding="same",
@@ -88,17 +89,64 @@ def depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1):
     kernel = ops.reshape(kernel, (size, size, -1))
     span = dilation_rate * (size - 1) + 1
     h, w = x.shape[1], x.shape[2]
-    out_h, out_w = -(-h // strides), -(-w // strides)
     x = ops.pad(x, ((0, 0), same_padding(h, span, strides), same_padding(w, span, strides),
                     (0, 0)))
-    total = 0
+    return _jax_shifted_products(strides, dilation_rate, -(-h // strides),
+                                 -(-w // strides))(x, kernel)
+
+
+def _windows(padded, size: int, strides: int, dilation: int, out_h: int, out_w: int):
+    """(i, j, the (b, out_h, out_w, c) pixels that kernel tap (i, j) multiplies)."""
     for i in range(size):
         for j in range(size):
-            top, left = i * dilation_rate, j * dilation_rate
-            window = x[:, top:top + (out_h - 1) * strides + 1:strides,
-                       left:left + (out_w - 1) * strides + 1:strides, :]
-            total = total + window * kernel[i, j]
+            top, left = i * dilation, j * dilation
+            yield i, j, padded[:, top:top + (out_h - 1) * strides + 1:strides,
+                               left:left + (out_w - 1) * strides + 1:strides, :]
+
+
+def _shifted_products(padded, kernel, strides, dilation, out_h, out_w):
+    total = 0
+    for i, j, window in _windows(padded, kernel.shape[0], strides, dilation, out_h, out_w):
+        total = total + window * kernel[i, j]
     return total
+
+
+@functools.cache
+def _jax_shifted_products(strides: int, dilation: int, out_h: int, out_w: int):
+    """``(padded input, (k, k, c) kernel) -> output``: the shifted products, with a
+    gradient written in the same form. JAX's own gradient of the products pads each
+    tap's output gradient back to the input's size and adds them up (25 full-size pads
+    for a 5x5 kernel); here the input gradient is one correlation of the output
+    gradient with the flipped kernel, ~15-20% less time per depthwise convolution
+    (docs/BENCHMARKS.md)."""
+    import jax
+    from jax import lax
+
+    @jax.custom_vjp
+    def products(padded, kernel):
+        return _shifted_products(padded, kernel, strides, dilation, out_h, out_w)
+
+    def forward(padded, kernel):
+        return products(padded, kernel), (padded, kernel)
+
+    def backward(residuals, grad):
+        padded, kernel = residuals
+        size, (h, w) = kernel.shape[0], padded.shape[1:3]
+        edge = (size - 1) * dilation
+        # The output gradient at its input positions (strides - 1 zeros between
+        # pixels), zero-bordered so that every input pixel sees all taps.
+        spread = lax.pad(grad, jax.numpy.zeros((), grad.dtype), [
+            (0, 0, 0), (edge, h - (out_h - 1) * strides - 1, strides - 1),
+            (edge, w - (out_w - 1) * strides - 1, strides - 1), (0, 0, 0)])
+        grad_padded = _shifted_products(spread, kernel[::-1, ::-1], 1, dilation, h, w)
+        taps = {(i, j): ops.sum(window * grad, axis=(0, 1, 2)) for i, j, window in
+                _windows(padded, size, strides, dilation, out_h, out_w)}
+        grad_kernel = ops.stack([ops.stack([taps[i, j] for j in range(size)])
+                                 for i in range(size)])
+        return grad_padded, grad_kernel
+
+    products.defvjp(forward, backward)
+    return products
 
 
 def _concat(tensors: list, axis: int = -1):

@@ -56,6 +56,7 @@ class SearchConfig:
     la_pooling: str = "avg"
     jit: bool | None = None
     precision: str = "float32"
+    remat: bool = False
     limit: int | None = None
     backend: str | None = None
 
@@ -133,7 +134,7 @@ def build_search_model(config: SearchConfig, input_shape, num_classes: int,
             input_shape, num_classes, channels=config.channels, layers=config.layers,
             k=config.k, method=config.method, ua_pooling=config.ua_pooling,
             la_pooling=config.la_pooling, upper_attention=config.upper_attention,
-            lower_attention=config.lower_attention)
+            lower_attention=config.lower_attention, rematerialize=config.remat)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     model = SWDSearchModel(supernet, mode=config.mode, method=config.method)

@@ -23,7 +23,7 @@ def build_supernet(input_shape: Sequence[int], num_classes: int, channels: int =
                    ua_pooling: str = "avg+max", la_pooling: str = "avg",
                    ua_reduction: int = 2, la_reduction: int = 8,
                    upper_attention: bool = True, lower_attention: bool = True,
-                   name: str = "supernet") -> keras.Model:
+                   rematerialize: bool = False, name: str = "supernet") -> keras.Model:
     """Builds the SWD-NAS search network as a functional Keras model.
 
     Args:
@@ -40,6 +40,8 @@ def build_supernet(input_shape: Sequence[int], num_classes: int, channels: int =
         ua_pooling, la_pooling, ua_reduction, la_reduction: attention options.
         upper_attention: ``False`` sends all channels into the ops (ablation).
         lower_attention: ``False`` mixes ops by a softmax over per-edge alphas.
+        rematerialize: recompute the edges' forward pass for their gradient instead
+            of keeping their activations (less memory, more compute; same results).
         name: the model's name.
 
     Returns:
@@ -79,8 +81,8 @@ def build_supernet(input_shape: Sequence[int], num_classes: int, channels: int =
         reduction = index in reductions
         if reduction:
             c *= 2
-        cell = SearchCell(c, reduction, reduction_prev, primitives, name=f"cell_{index}",
-                          **edge_options)
+        cell = SearchCell(c, reduction, reduction_prev, primitives,
+                          rematerialize=rematerialize, name=f"cell_{index}", **edge_options)
         weights = shared_weights["reduce" if reduction else "normal"] if darts else None
         out, atten = cell(s0, s1, edge_weights=weights)
         s0, s1, reduction_prev = s1, out, reduction

@@ -28,13 +28,16 @@ def run(script, *args, timeout=600):
 def test_search_step_reports_a_row_per_configuration(tmp_path):
     out = tmp_path / "steps.json"
     result = run("search_step.py", "--backend", "torch", "--method", "swd", "darts",
-                 *TINY, "--steps", "2", "--warmup", "0", "--json", str(out))
+                 "--remat", "off", "on", *TINY, "--steps", "2", "--warmup", "0",
+                 "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
-    assert len(lines) == 2 + 2  # header, separator, one row per method
-    assert lines[2].split("|")[2].strip() == "swd" and lines[3].split("|")[2].strip() == "darts"
+    assert len(lines) == 2 + 4  # header, separator, one row per method and remat
+    expected = [("swd", "off"), ("swd", "on"), ("darts", "off"), ("darts", "on")]
+    assert [(row.split("|")[2].strip(), row.split("|")[5].strip())
+            for row in lines[2:]] == expected
     results = json.loads(out.read_text())["results"]
-    assert [r["method"] for r in results] == ["swd", "darts"]
+    assert [(r["method"], r["remat"]) for r in results] == expected
     for r in results:
         assert len(r["step_s_all"]) == 2  # first + warmup 0 + 2 timed = 3 ends, 2 steps
         assert r["images_per_s"] == pytest.approx(2 / r["step_s"])

@@ -106,6 +106,31 @@ def test_depthwise_conv_matches_reference(stride, dilation, size, kernel_size, m
 
 
 @pytest.mark.backend
+@pytest.mark.parametrize("stride,dilation,size", [(1, 1, 8), (2, 1, 8), (2, 1, 7), (1, 2, 7)])
+def test_depthwise_conv_gradients_match_the_native_convolution(backend, stride, dilation,
+                                                                size):
+    # JAX's shifted products have their own gradient; the native grouped convolution's
+    # (XLA's, slow but right at this size) is the independent reference.
+    if backend != "jax":
+        pytest.skip("only JAX computes depthwise convolutions as shifted products")
+    import jax
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, size, size, 3)).astype("float32")
+    kernel = rng.normal(size=(5, 5, 3, 2)).astype("float32")
+    weights = rng.normal(size=(2, -(-size // stride), -(-size // stride), 6)).astype("float32")
+
+    def gradients(conv):
+        return jax.grad(lambda x, k: keras.ops.sum(conv(x, k) * weights), (0, 1))(x, kernel)
+
+    got = gradients(lambda x, k: depthwise_conv(x, k, stride, dilation))
+    want = gradients(lambda x, k: keras.ops.depthwise_conv(
+        x, k, strides=stride, padding="same", dilation_rate=dilation))
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(to_np(g), to_np(r), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.backend
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("size", [8, 7])

@@ -15,9 +15,9 @@ SMALL_OPS = ("sep_conv_3x3", "skip_connect", "max_pool_3x3", "none")
 LR, WD, CLIP, MOMENTUM = 0.1, 0.05, 0.5, 0.9
 
 
-def tiny_model(mode="bilevel", method="swd"):
+def tiny_model(mode="bilevel", method="swd", rematerialize=False):
     net = build_supernet((8, 8, 1), 5, channels=4, layers=2, k=2, method=method,
-                         primitives=SMALL_OPS)
+                         primitives=SMALL_OPS, rematerialize=rematerialize)
     model = SWDSearchModel(net, mode=mode, method=method)
     model.compile(
         weights_optimizer=TorchSGD(LR, momentum=MOMENTUM, weight_decay=WD, global_clipnorm=CLIP),
@@ -200,3 +200,45 @@ def test_frozen_layers_after_a_recompile_stay_unchanged():
             np.testing.assert_array_equal(snapshot(model.variables)[path], value, err_msg=path)
     after = snapshot(model.weight_variables)
     assert any(not np.array_equal(after[p], trained[p]) for p in trained)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("method", ["swd", "darts"])
+def test_rematerialized_edges_give_the_same_step(method):
+    # Recomputing the edges for the gradient is the same arithmetic: the same weights,
+    # attention and BatchNorm statistics (updated once, not again by the recomputation).
+    plain, remat = tiny_model(method=method), tiny_model(method=method, rematerialize=True)
+    for source, target in zip(plain.supernet.variables, remat.supernet.variables):
+        target.assign(to_np(source.value).copy())  # JAX donates the buffers it steps
+    initial = snapshot(plain.supernet.variables)
+    _, _, data = batches(steps=2)
+    for model in (plain, remat):
+        model.fit(data, epochs=1, verbose=0)
+    expected, actual = snapshot(plain.supernet.variables), snapshot(remat.supernet.variables)
+    assert expected.keys() == actual.keys()
+    for path, value in expected.items():
+        np.testing.assert_allclose(actual[path], value, rtol=1e-4, atol=1e-5, err_msg=path)
+    moved = {p for p in expected if not np.allclose(expected[p], initial[p])}
+    attention = {v.path for v in remat.attention_variables}
+    assert any("moving_" in p for p in moved) and moved & attention
+    cell = remat.supernet.get_layer("cell_0")
+    assert type(cell).from_config(cell.get_config()).rematerialize
+
+
+def test_fit_traces_without_op_stack_traces_and_restores_tensorflow_settings():
+    from tensorflow.python.util import tf_stack
+
+    from swd_keras.backend.tensorflow import fit_scope
+
+    def traced_ops():
+        return tf.function(lambda x: x * 2.0).get_concrete_function(
+            tf.TensorSpec([2])).graph.get_operations()
+
+    extract, options = tf_stack.extract_stack, tf.config.optimizer.get_experimental_options()
+    assert any(len(op.traceback) for op in traced_ops())
+    with fit_scope(tiny_model()):
+        assert all(len(op.traceback) == 0 for op in traced_ops())
+        assert tf.config.optimizer.get_experimental_options()["disable_meta_optimizer"]
+    assert tf_stack.extract_stack is extract
+    assert tf.config.optimizer.get_experimental_options() == options
+    assert any(len(op.traceback) for op in traced_ops())

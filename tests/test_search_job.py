@@ -30,6 +30,18 @@ def test_mixed_bfloat16_computes_in_bfloat16_with_float32_variables():
     assert {v.dtype for v in model.trainable_variables} == {"float32"}
 
 
+@pytest.mark.parametrize("remat", [False, True])
+def test_remat_setting_reaches_every_cell(remat):
+    from swd_keras.search_cell import SearchCell
+
+    config = SearchConfig(channels=4, layers=2, k=2, remat=remat).validate()
+    model = build_search_model(config, (8, 8, 1), 10, steps_per_epoch=2)
+    cells = [layer for layer in model.supernet.layers if isinstance(layer, SearchCell)]
+    assert len(cells) == 2 and all(cell.rematerialize == remat for cell in cells)
+    # A run folder written before the setting existed resumes without it.
+    assert SearchConfig.from_json({"channels": 4}).remat is False
+
+
 def test_epoch_cosine_decay_matches_pytorch_cosine_annealing():
     schedule = EpochCosineDecay(0.025, 0.001, epochs=4, steps_per_epoch=3)
     got = [float(keras.ops.convert_to_numpy(schedule(step))) for step in range(12)]

@@ -23,24 +23,49 @@ _FORWARD_BACKWARD = weakref.WeakKeyDictionary()
 
 @contextlib.contextmanager
 def fit_scope(model):
-    """Runs ``fit`` with TensorFlow's graph optimiser (Grappler) off on a CPU.
+    """Runs ``fit`` without op stack traces and, on a CPU, without TensorFlow's graph
+    optimiser (Grappler); both settings are restored when ``fit`` returns.
 
     On a CPU, Grappler spent ~15 s optimising the search step before its first run,
     half the time to the first step, and its only gain per step there is pruning the
     attention half's weight gradients (~10%; docs/BENCHMARKS.md). On a GPU its layout
-    and fusion passes matter, and XLA replaces it. The setting is process-wide, so it
-    is restored when ``fit`` returns: functions instantiated later are optimised as usual.
+    and fusion passes matter, and XLA replaces it.
     """
-    if model.jit_compile or tf.config.list_logical_devices("GPU"):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_without_op_stack_traces())
+        if not (model.jit_compile or tf.config.list_logical_devices("GPU")):
+            previous = tf.config.optimizer.get_experimental_options().get(
+                "disable_meta_optimizer", False)
+            tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+            stack.callback(tf.config.optimizer.set_experimental_options,
+                           {"disable_meta_optimizer": previous})
+        yield
+
+
+@contextlib.contextmanager
+def _without_op_stack_traces():
+    """Traces graph operations without recording the Python stack of each.
+
+    TensorFlow keeps every traced op's Python stack, for the "defined at" lines of
+    runtime errors, and copies the stacks as strings into each graph it instantiates:
+    0.26 GB of the search step's peak memory and ~2 s before its first step
+    (docs/BENCHMARKS.md). The step's ops are this package's; a runtime error still
+    names the failing op by its layer path (``cell_0/edge_3/...``). ``tf_stack`` is
+    TensorFlow's own module (no public switch exists), so a TensorFlow without it
+    simply keeps its stacks.
+    """
+    from tensorflow.python.util import tf_stack
+
+    extract = getattr(tf_stack, "extract_stack", None)
+    if extract is None:
         yield
         return
-    previous = tf.config.optimizer.get_experimental_options().get(
-        "disable_meta_optimizer", False)
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    # A stack level above any real depth captures no frames.
+    tf_stack.extract_stack = lambda stacklevel=1: extract(stacklevel=1 << 20)
     try:
         yield
     finally:
-        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": previous})
+        tf_stack.extract_stack = extract
 
 
 def forward_backward(model):

@@ -1,0 +1,58 @@
+"""Recomputing a layer's forward pass in the backward pass instead of keeping its
+activations (gradient checkpointing), with its BatchNorm statistics updated once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import keras
+from keras import ops
+from keras.src.backend.common.stateless_scope import get_stateless_scope
+
+
+def call_rematerialized(forward: Callable, tensors: Sequence, variables: Sequence,
+                        statistics: Sequence):
+    """``forward(*tensors)``, whose activations are recomputed for the gradient
+    (``keras.remat``: ``tf.recompute_grad``, ``jax.checkpoint``, torch's
+    ``checkpoint``) instead of being kept from the forward pass to the backward pass.
+
+    A recomputed forward would assign the BatchNorm moving statistics a second time
+    (and, on JAX, leak values out of the checkpointed trace). So ``forward`` runs in a
+    ``keras.StatelessScope`` that catches its assignments: the new statistics leave the
+    recomputed function as outputs and are assigned here, once. The recomputation is
+    the same arithmetic on the same inputs, so values and gradients do not change.
+
+    Args:
+        forward: the computation; it may assign ``statistics`` and nothing else.
+        tensors: its positional arguments (tensors).
+        variables: every variable ``forward`` reads (a JAX step's values of them are
+            handed to the inner scope).
+        statistics: the non-trainable variables ``forward`` assigns.
+
+    Returns:
+        ``forward(*tensors)``.
+
+    Example:
+        >>> bn = keras.layers.BatchNormalization()
+        >>> x = keras.ops.ones((2, 4))
+        >>> bn.build(x.shape)
+        >>> y = call_rematerialized(lambda t: bn(t, training=True), [x], bn.variables,
+        ...                         bn.non_trainable_variables)
+    """
+    outer = get_stateless_scope()
+    # Under a JAX step every variable is read from the step's stateless scope.
+    mapping = None if outer is None else [
+        (v, outer.get_current_value(v)) for v in variables
+        if outer.get_current_value(v) is not None]
+
+    def run(*tensors):
+        with keras.StatelessScope(state_mapping=mapping, initialize_variables=False) as scope:
+            outputs = forward(*tensors)
+        updated = [scope.get_current_value(v) for v in statistics]
+        updated = [v.value if value is None else value for v, value in zip(statistics, updated)]
+        return outputs, [ops.stop_gradient(value) for value in updated]
+
+    outputs, updated = keras.remat(run)(*tensors)
+    for variable, value in zip(statistics, updated):
+        variable.assign(value)
+    return outputs
