@@ -18,6 +18,14 @@ NUM_EDGES = sum(2 + i for i in range(STEPS))
 """Mixed edges per cell: node i reads the 2 cell inputs and the i earlier nodes (14)."""
 
 
+# Edges per recomputed group under ``rematerialize`` (docs/BENCHMARKS.md, item 11).
+# PyTorch runs eagerly, so smaller groups only lower its peak (paper configuration:
+# 8 edges 2.58 GB, 4: 2.31 GB, 2: 1.81 GB, 1: 1.78 GB but a slower step). A graph
+# backend pays for each group in tracing and graph memory (TensorFlow: 8 edges 2.60 GB,
+# 4: 2.52 GB with 4.5 s more tracing, 2: 2.80 GB), so it keeps whole groups.
+_REMAT_GROUP_EDGES = {"torch": 2}
+
+
 def edge_inputs(steps: int = STEPS) -> list[int]:
     """The input node of each edge, in DARTS' edge order (node 0's edges first)."""
     return [j for i in range(steps) for j in range(2 + i)]
@@ -98,12 +106,16 @@ class SearchCell(layers.Layer):
             # group's graph is little larger than one edge's (``call_edges``).
             ready = [e for e, source in enumerate(sources)
                      if source < len(states) and results[e] is None]
-            outputs = self._call_group(
-                [self.edges[e] for e in ready], [sources[e] for e in ready], states,
-                None if edge_weights is None else [edge_weights[e] for e in ready],
-                training)
-            for e, output in zip(ready, outputs):
-                results[e] = output
+            size = len(ready)
+            if self.rematerialize and training:
+                size = _REMAT_GROUP_EDGES.get(keras.backend.backend(), size)
+            for chunk in (ready[i:i + size] for i in range(0, len(ready), size)):
+                outputs = self._call_group(
+                    [self.edges[e] for e in chunk], [sources[e] for e in chunk], states,
+                    None if edge_weights is None else [edge_weights[e] for e in chunk],
+                    training)
+                for e, output in zip(chunk, outputs):
+                    results[e] = output
             node_value = 0
             for e in range(first, first + 2 + node):
                 node_value = node_value + results[e][0]
