@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 
 import keras
 from keras import ops
+
+# Keras exports StatelessScope but not the getter of the active one.
 from keras.src.backend.common.stateless_scope import get_stateless_scope
 
 
@@ -41,9 +43,8 @@ def call_rematerialized(forward: Callable, tensors: Sequence, variables: Sequenc
     """
     outer = get_stateless_scope()
     # Under a JAX step every variable is read from the step's stateless scope.
-    mapping = None if outer is None else [
-        (v, outer.get_current_value(v)) for v in variables
-        if outer.get_current_value(v) is not None]
+    values = [] if outer is None else [(v, outer.get_current_value(v)) for v in variables]
+    mapping = [(v, value) for v, value in values if value is not None] or None
 
     def run(*tensors):
         with keras.StatelessScope(state_mapping=mapping, initialize_variables=False) as scope:
