@@ -31,6 +31,8 @@ import subprocess
 import sys
 import time
 
+from cli.allocator import allocator_environment
+
 _PROCESS_START = time.perf_counter()
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -216,6 +218,7 @@ def main(argv=None) -> int:
     for config in configurations(args):
         child = subprocess.run([sys.executable, os.path.abspath(__file__), "--child"],
                                input=json.dumps(config), capture_output=True, text=True,
+                               env=allocator_environment(config["backend"]),
                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         if child.returncode == 0:
             results.append(json.loads(child.stdout.strip().splitlines()[-1]))

@@ -15,7 +15,11 @@ process) and times its train step the way ``fit()`` runs it, split into phases:
 
 Each phase also reports its process CPU seconds (``*_cpu_s``, all threads), which other
 work on a shared machine disturbs less than wall time, and the resident memory after
-build, trace and the steps (``rss_after_*_gb``) beside the peak.
+build, trace and the steps (``rss_after_*_gb``) beside the peak. For the steps it also
+reports the CPU seconds spent in the operating system (``step_kernel_cpu_s``) and the
+page faults (``step_page_faults``), medians per step. Like ``swd-keras``, a JAX run
+restarts itself with the allocator setting of ``cli/allocator.py``; set
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` to measure without it.
 
 TensorFlow's graph optimiser runs as ``model.fit`` sets it (off on a CPU, see
 ``swd_keras/backend/tensorflow.py``) unless ``--grappler on`` or ``off`` says otherwise;
@@ -36,6 +40,8 @@ import sys
 import time
 
 _PROCESS_START = time.perf_counter()
+
+from cli.allocator import restart_with_allocator_setting  # noqa: E402  (imports no keras)
 
 GRAPPLER_PASSES = ("layout_optimizer", "constant_folding", "shape_optimization",
                    "remapping", "arithmetic_optimization", "dependency_optimization",
@@ -97,6 +103,8 @@ def _timed(fn, name=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if argv is None:  # run as a script: start as `swd-keras` would
+        restart_with_allocator_setting(args.backend)
     os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import resource
@@ -130,12 +138,19 @@ def main(argv=None) -> int:
     data = (batch(), batch())
     step = {"tensorflow": _tensorflow_step, "jax": _jax_step, "torch": _torch_step}[
         args.backend](model, data, args, phases)
-    times, cpu_times = [], []
+    times, cpu_times, kernel_times, faults = [], [], [], []
     for _ in range(args.steps):
+        before = resource.getrusage(resource.RUSAGE_SELF)
         _, seconds = _timed(step, "step_cpu_s")
+        after = resource.getrusage(resource.RUSAGE_SELF)
         times.append(seconds)
         cpu_times.append(_CPU["step_cpu_s"])
+        kernel_times.append(after.ru_stime - before.ru_stime)
+        faults.append(after.ru_minflt - before.ru_minflt)
     phases["step_s"] = float(np.median(times))
+    # The operating system's share of the step: memory handed back and faulted in again.
+    phases["step_kernel_cpu_s"] = float(np.median(kernel_times))
+    phases["step_page_faults"] = int(np.median(faults))
     phases["rss_after_steps_gb"] = _rss_gb()
     _CPU["step_cpu_s"] = float(np.median(cpu_times))
     phases["first_step_total_s"] = time.perf_counter() - _PROCESS_START - sum(times)

@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from cli.allocator import requested_backend, restart_with_allocator_setting
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -31,7 +33,9 @@ def cli() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. A JAX command restarts itself once, before anything
+    heavy is imported, with the allocator setting of ``cli/allocator.py``."""
+    restart_with_allocator_setting(requested_backend(sys.argv[1:], os.environ))
     from cli import commands  # noqa: F401  (registers the sub-commands on `cli`)
 
     cli(prog_name="swd-keras")

@@ -15,7 +15,7 @@ import numpy as np
 from keras import layers, ops
 
 from swd_keras.attention import LowerAttention, UpperAttention, check_divisible
-from swd_keras.fused_ops import CandidateOps, compute_candidates
+from swd_keras.fused_ops import CandidateOps, compute_candidates, max_pool
 from swd_keras.ops import PRIMITIVES, check_primitives
 
 
@@ -334,7 +334,7 @@ class _EdgeGroup:
                                                   (count, -1, h, w, c)), count)
             keep = 1.0 - ops.sum(onehot, axis=1)  # (E, c)
             base = {u: x if first.strides == 1 else
-                    ops.max_pool(x, pool_size=2, strides=2, padding="same")
+                    max_pool(x, 2, 2)
                     for u, x in unique.items()}
             # The unselected channels keep I_s = x * i_mix; max_pool(x * a) ==
             # max_pool(x) * a for a > 0 (a sigmoid), value for value.

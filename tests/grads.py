@@ -41,3 +41,29 @@ def layer_gradients(layer, loss_fn, *args, **kwargs):
         v.path: np.zeros(v.shape) if g is None else keras.ops.convert_to_numpy(g)
         for v, g in zip(variables, grads)
     }
+
+
+def input_gradient(fn, x):
+    """The gradient of the scalar ``fn(x)`` with respect to the NumPy array ``x``."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = fn(x)
+        grad = tape.gradient(loss, x)
+    elif backend == "jax":
+        import jax
+
+        grad = jax.grad(fn)(x)
+    elif backend == "torch":
+        import torch
+
+        x = torch.tensor(x, requires_grad=True)
+        fn(x).backward()
+        grad = x.grad
+    else:
+        raise NotImplementedError(backend)
+    return keras.ops.convert_to_numpy(grad)

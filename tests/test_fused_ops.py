@@ -7,11 +7,11 @@ import keras
 import numpy as np
 import pytest
 
-from swd_keras.fused_ops import CandidateOps, compute_candidates, depthwise_conv
+from swd_keras.fused_ops import CandidateOps, compute_candidates, depthwise_conv, max_pool
 from swd_keras.mixed_op import SWDMixedOp, call_edges
 from swd_keras.ops import PRIMITIVES, make_op
 from tests import reference as ref
-from tests.grads import layer_gradients
+from tests.grads import input_gradient, layer_gradients
 
 to_np = keras.ops.convert_to_numpy
 
@@ -128,6 +128,33 @@ def test_depthwise_conv_gradients_match_the_native_convolution(backend, stride, 
         x, k, strides=stride, padding="same", dilation_rate=dilation))
     for g, r in zip(got, want):
         np.testing.assert_allclose(to_np(g), to_np(r), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("pool_size,stride,size", [(3, 1, 8), (3, 2, 8), (3, 2, 7), (2, 2, 8),
+                                                   (2, 2, 7)])
+def test_max_pool_and_its_gradient_match_numpy(backend, pool_size, stride, size):
+    # JAX's max pool is computed and differentiated by hand (running maximum); the
+    # other backends' native pools must give the same.
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, size, size, 3)).astype("float32")
+    out_size = -(-size // stride)
+    weights = rng.normal(size=(2, out_size, out_size, 3)).astype("float32")
+    want = ref.pool(x, "max", stride, pool_size)
+    np.testing.assert_allclose(to_np(max_pool(x, pool_size, stride)), want, rtol=1e-6)
+
+    # The gradient: each output's weight goes to the input pixel holding its maximum.
+    ph, pw = ref.same_padding(size, pool_size, stride), ref.same_padding(size, pool_size, stride)
+    padded = np.pad(x, ((0, 0), ph, pw, (0, 0)), constant_values=-np.inf)
+    want_grad = np.zeros_like(padded)
+    for b, y, z, c in np.ndindex(*weights.shape):
+        window = padded[b, y * stride:y * stride + pool_size, z * stride:z * stride + pool_size, c]
+        i, j = np.unravel_index(np.argmax(window), window.shape)
+        want_grad[b, y * stride + i, z * stride + j, c] += weights[b, y, z, c]
+    want_grad = want_grad[:, ph[0]:ph[0] + size, pw[0]:pw[0] + size]
+    grad = input_gradient(
+        lambda x: keras.ops.sum(keras.ops.multiply(max_pool(x, pool_size, stride), weights)), x)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.backend
