@@ -39,6 +39,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from swd_keras.normalization import normalize_from_output
 from swd_keras.ops import _BN_EPSILON, _BN_MOMENTUM, check_primitives, same_padding
 
 _SEP_CONV = {"sep_conv_3x3": 3, "sep_conv_5x5": 5}
@@ -468,15 +469,21 @@ class _Fused:
         if "max_pool_3x3" in f.primitives:
             outputs["max_pool_3x3"] = (max_pool(x, 3, s), 0, width)
 
+        identity = s == 1 and "skip_connect" in f.primitives
         if f._normalised:
+            # The identity's channels ride along unchanged after the normalised ones,
+            # so that the features are this one tensor (see _batch_norm).
             normalised = self._batch_norm(
-                concat_channel_ranges([outputs[p] for p in f._normalised]),
+                concat_channel_ranges([outputs[p] for p in f._normalised]
+                                      + ([(x, 0, width)] if identity else [])),
                 [(layer.bn_moving_mean, layer.bn_moving_variance) for layer in self.layers],
                 op_major=True,
                 affine=[(p, None if p in _POOLS else "second_" if p in _SEP_CONV else "")
-                        for p in f._normalised])
-            outputs.update(self._by_op(f._normalised, normalised))
-        if s == 1 and "skip_connect" in f.primitives:
+                        for p in f._normalised],
+                passthrough=width if identity else 0)
+            outputs.update(self._by_op(f._normalised + ["skip_connect"] * identity,
+                                       normalised))
+        elif identity:
             outputs["skip_connect"] = (x, 0, width)
         if not f.computed_primitives:  # `none` alone: its zeros
             return ops.zeros_like(x[:, ::s, ::s, :])
@@ -573,30 +580,40 @@ class _Fused:
 
     # -- the BatchNorms -------------------------------------------------------------
 
-    def _batch_norm(self, x, statistics, op_major, affine):
+    def _batch_norm(self, x, statistics, op_major, affine, passthrough=0):
         """keras' BatchNormalization (momentum 0.9, epsilon 1e-5: PyTorch's
         BatchNorm2d) on channels-last ``x``.
 
         ``statistics``: per layer, its (moving mean, moving variance) variables, each
         the BatchNorm's ops side by side; x's channels are (op, e, j) if ``op_major``,
         else (e, op, j). ``affine``: (op, prefix) of each BatchNorm in one layer's
-        statistics order; a ``None`` prefix is not affine (a pool).
+        statistics order; a ``None`` prefix is not affine (a pool). The last
+        ``passthrough`` channels of ``x`` are returned as they are.
+
+        Without affine BatchNorms, training differentiates the result from itself
+        (``normalization.normalize_from_output``) instead of keeping ``x``.
         """
         dtype = x.dtype
         x = ops.cast(x, keras.backend.result_type(dtype, "float32"))
         reorder = op_major and self.edges > 1 and len(affine) > 1
         shape = (self.edges, len(affine), self.c)
+        width = x.shape[-1] - passthrough
 
-        def to_x(vectors):  # per layer, in its order -> x's channel order
+        def to_x(vectors, fill):  # per layer, in its order -> x's channel order
             joined = _concat(vectors, axis=0)
             if reorder:
                 joined = ops.reshape(ops.transpose(ops.reshape(joined, shape), (1, 0, 2)),
                                      (-1,))
-            return joined
+            if passthrough:
+                joined = ops.pad(joined, ((0, passthrough),), constant_values=fill)
+            return ops.cast(joined, x.dtype)
 
+        from_output = self.training and not self.first.affine
         if self.training:
-            mean, variance = ops.moments(x, axes=(0, 1, 2))
+            mean, variance = ops.moments(ops.stop_gradient(x) if from_output else x,
+                                         axes=(0, 1, 2))
             for moving, batch in ((0, mean), (1, variance)):
+                batch = batch[:width]
                 if reorder:  # x's order -> the layers' order
                     batch = ops.reshape(ops.transpose(
                         ops.reshape(batch, (shape[1], shape[0], shape[2])), (1, 0, 2)), (-1,))
@@ -609,17 +626,27 @@ class _Fused:
                 for variable, value in zip(variables, ops.split(updated, len(variables))):
                     variable.assign(value)
         else:
-            mean = to_x([pair[0] for pair in statistics])
-            variance = to_x([pair[1] for pair in statistics])
-        gamma = beta = None
+            mean = to_x([pair[0] for pair in statistics], 0.0)
+            variance = to_x([pair[1] for pair in statistics], 1.0)
+        scale = ops.rsqrt(variance + _BN_EPSILON)
+        beta = 0.0
         if self.first.affine:
             c = self.c
-            gamma = to_x([ops.ones((c,)) if prefix is None else
-                          layer._weights[n][f"{prefix}gamma"]
-                          for layer in self.layers for n, prefix in affine])
+            scale = scale * to_x([ops.ones((c,)) if prefix is None else
+                                  layer._weights[n][f"{prefix}gamma"]
+                                  for layer in self.layers for n, prefix in affine], 1.0)
             beta = to_x([ops.zeros((c,)) if prefix is None else
                          layer._weights[n][f"{prefix}beta"]
-                         for layer in self.layers for n, prefix in affine])
-        y = ops.batch_normalization(x, mean, variance, axis=-1, offset=beta, scale=gamma,
-                                    epsilon=_BN_EPSILON)
+                         for layer in self.layers for n, prefix in affine], 0.0)
+        mask = None
+        if passthrough:  # their scale 1, shift 0
+            mask = ops.convert_to_tensor(np.repeat([1.0, 0.0], [width, passthrough]), x.dtype)
+            scale = scale * mask + (1.0 - mask)
+        shift = beta - mean * scale
+        if passthrough:
+            shift = shift * mask
+        if from_output:
+            y = normalize_from_output(x, scale, shift, mask)
+        else:
+            y = x * scale + shift
         return ops.cast(y, dtype)
