@@ -181,6 +181,11 @@ def call_edges(edges: Sequence[SWDMixedOp], inputs: Sequence, edge_weights=None,
     edges, inputs = list(edges), list(inputs)
     if len(edges) != len(inputs):
         raise ValueError(f"call_edges got {len(edges)} edges and {len(inputs)} inputs.")
+    tensors: dict[int, object] = {}  # NumPy inputs as tensors, shared inputs still shared
+    for x in inputs:
+        if id(x) not in tensors:
+            tensors[id(x)] = ops.convert_to_tensor(x)
+    inputs = [tensors[id(x)] for x in inputs]
     for edge, x in zip(edges, inputs):
         if not edge.built:  # what calling the edge would do first
             edge.build(tuple(x.shape))
