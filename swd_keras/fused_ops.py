@@ -480,7 +480,7 @@ class _Fused:
                 op_major=True,
                 affine=[(p, None if p in _POOLS else "second_" if p in _SEP_CONV else "")
                         for p in f._normalised],
-                passthrough=width if identity else 0)
+                passthrough=width if identity else 0, output_kept=True)
             outputs.update(self._by_op(f._normalised + ["skip_connect"] * identity,
                                        normalised))
         elif identity:
@@ -580,7 +580,8 @@ class _Fused:
 
     # -- the BatchNorms -------------------------------------------------------------
 
-    def _batch_norm(self, x, statistics, op_major, affine, passthrough=0):
+    def _batch_norm(self, x, statistics, op_major, affine, passthrough=0,
+                    output_kept=False):
         """keras' BatchNormalization (momentum 0.9, epsilon 1e-5: PyTorch's
         BatchNorm2d) on channels-last ``x``.
 
@@ -590,8 +591,9 @@ class _Fused:
         statistics order; a ``None`` prefix is not affine (a pool). The last
         ``passthrough`` channels of ``x`` are returned as they are.
 
-        Without affine BatchNorms, training differentiates the result from itself
-        (``normalization.normalize_from_output``) instead of keeping ``x``.
+        ``output_kept``: the caller keeps the result for its own gradient; then, in
+        training without affine BatchNorms, the gradient is computed from the result
+        (``normalization.normalize_from_output``) and ``x`` is not kept.
         """
         dtype = x.dtype
         x = ops.cast(x, keras.backend.result_type(dtype, "float32"))
@@ -599,21 +601,20 @@ class _Fused:
         shape = (self.edges, len(affine), self.c)
         width = x.shape[-1] - passthrough
 
-        def to_x(vectors, fill):  # per layer, in its order -> x's channel order
+        def to_x(vectors):  # per layer, in its order -> x's channel order
             joined = _concat(vectors, axis=0)
             if reorder:
                 joined = ops.reshape(ops.transpose(ops.reshape(joined, shape), (1, 0, 2)),
                                      (-1,))
-            if passthrough:
-                joined = ops.pad(joined, ((0, passthrough),), constant_values=fill)
-            return ops.cast(joined, x.dtype)
+            return joined
 
-        from_output = self.training and not self.first.affine
+        from_output = output_kept and self.training and not self.first.affine
         if self.training:
             mean, variance = ops.moments(ops.stop_gradient(x) if from_output else x,
                                          axes=(0, 1, 2))
+            if passthrough:
+                mean, variance = mean[:width], variance[:width]
             for moving, batch in ((0, mean), (1, variance)):
-                batch = batch[:width]
                 if reorder:  # x's order -> the layers' order
                     batch = ops.reshape(ops.transpose(
                         ops.reshape(batch, (shape[1], shape[0], shape[2])), (1, 0, 2)), (-1,))
@@ -626,25 +627,24 @@ class _Fused:
                 for variable, value in zip(variables, ops.split(updated, len(variables))):
                     variable.assign(value)
         else:
-            mean = to_x([pair[0] for pair in statistics], 0.0)
-            variance = to_x([pair[1] for pair in statistics], 1.0)
+            mean = ops.cast(to_x([pair[0] for pair in statistics]), x.dtype)
+            variance = ops.cast(to_x([pair[1] for pair in statistics]), x.dtype)
         scale = ops.rsqrt(variance + _BN_EPSILON)
-        beta = 0.0
         if self.first.affine:
             c = self.c
             scale = scale * to_x([ops.ones((c,)) if prefix is None else
                                   layer._weights[n][f"{prefix}gamma"]
-                                  for layer in self.layers for n, prefix in affine], 1.0)
-            beta = to_x([ops.zeros((c,)) if prefix is None else
-                         layer._weights[n][f"{prefix}beta"]
-                         for layer in self.layers for n, prefix in affine], 0.0)
+                                  for layer in self.layers for n, prefix in affine])
+            shift = to_x([ops.zeros((c,)) if prefix is None else
+                          layer._weights[n][f"{prefix}beta"]
+                          for layer in self.layers for n, prefix in affine]) - mean * scale
+        else:
+            shift = -mean * scale
         mask = None
-        if passthrough:  # their scale 1, shift 0
+        if passthrough:  # scale 1 and shift 0
+            scale = ops.pad(scale, ((0, passthrough),), constant_values=1.0)
+            shift = ops.pad(shift, ((0, passthrough),))
             mask = ops.convert_to_tensor(np.repeat([1.0, 0.0], [width, passthrough]), x.dtype)
-            scale = scale * mask + (1.0 - mask)
-        shift = beta - mean * scale
-        if passthrough:
-            shift = shift * mask
         if from_output:
             y = normalize_from_output(x, scale, shift, mask)
         else:
