@@ -627,8 +627,8 @@ class _Fused:
                 for variable, value in zip(variables, ops.split(updated, len(variables))):
                     variable.assign(value)
         else:
-            mean = ops.cast(to_x([pair[0] for pair in statistics]), x.dtype)
-            variance = ops.cast(to_x([pair[1] for pair in statistics]), x.dtype)
+            mean = to_x([pair[0] for pair in statistics])
+            variance = to_x([pair[1] for pair in statistics])
         scale = ops.rsqrt(variance + _BN_EPSILON)
         if self.first.affine:
             c = self.c
