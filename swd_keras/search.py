@@ -151,6 +151,17 @@ class SWDSearchModel(keras.Model):
     def train_step(self, *args):
         return self._step.train_step(self, *args)
 
+    def make_train_function(self, force=False):
+        """Keras' train function, or the backend's own where it has one (TensorFlow:
+        ``TrainFunction``, which lets the traced graph's Python side go)."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force=True)
+        make = getattr(self._step, "make_train_function", None)
+        if make is not None:
+            self.train_function = make(self, self.train_function)
+        return self.train_function
+
     def test_step(self, *args):
         return self._step.test_step(self, *args)
 

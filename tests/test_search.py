@@ -242,3 +242,58 @@ def test_fit_traces_without_op_stack_traces_and_restores_tensorflow_settings():
     assert tf_stack.extract_stack is extract
     assert tf.config.optimizer.get_experimental_options() == options
     assert any(len(op.traceback) for op in traced_ops())
+
+
+def _live_func_graphs() -> int:
+    import gc
+
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    gc.collect()
+    return sum(isinstance(o, FuncGraph) for o in gc.get_objects())
+
+
+def test_fit_lets_the_traced_graphs_go_and_steps_as_keras_own_function(monkeypatch):
+    from tensorflow.python.framework import ops as tf_ops
+
+    from swd_keras.backend import tensorflow as tf_step
+
+    ours, keras_own = tiny_model(), tiny_model()
+    for source, target in zip(ours.variables, keras_own.variables):
+        target.assign(to_np(source.value).copy())
+    _, _, data = batches(steps=2)
+    with monkeypatch.context() as patch:
+        patch.setattr(tf_step, "make_train_function", lambda model, keras_function: keras_function)
+        keras_own.fit(data, epochs=1, verbose=0)
+    graphs, gradients = _live_func_graphs(), len(tf_ops.gradient_registry.list())
+    history = ours.fit(data, epochs=1, verbose=0)
+    assert isinstance(ours.train_function, tf_step.TrainFunction)
+    # Nothing traced for the step is left: no graph, no registered custom gradient.
+    assert _live_func_graphs() == graphs
+    assert len(tf_ops.gradient_registry.list()) == gradients
+    assert np.isfinite(history.history["loss"]).all()
+    for expected, actual in zip(keras_own.variables, ours.variables):
+        np.testing.assert_allclose(to_np(actual.value), to_np(expected.value), rtol=1e-5,
+                                   atol=1e-7, err_msg=actual.path)
+
+
+def test_train_function_traces_once_per_batch_shape(monkeypatch):
+    from swd_keras.backend import tensorflow as tf_step
+
+    model = tiny_model()
+    (x_t, y_t), (x_v, y_v), _ = batches(steps=2)
+    pairs = tf.data.Dataset.from_tensor_slices(((x_t, y_t), (x_v, y_v)))
+    traces = []
+    trace = tf_step.TrainFunction._trace
+
+    def counted(self, iterator):
+        traces.append(iterator.element_spec[0][0].shape)
+        return trace(self, iterator)
+
+    monkeypatch.setattr(tf_step.TrainFunction, "_trace", counted)
+    for batch_size in (4, 2, 4):
+        before = snapshot(model.trainable_variables)
+        model.fit(pairs.batch(batch_size, drop_remainder=True), epochs=1, verbose=0)
+        assert any(not np.array_equal(v, before[p])
+                   for p, v in snapshot(model.trainable_variables).items())
+    assert traces == [(4, 8, 8, 1), (2, 8, 8, 1)]

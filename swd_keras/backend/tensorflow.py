@@ -14,6 +14,8 @@ where Grappler runs (a GPU), its function specialisation prunes them per call.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import weakref
 
 import tensorflow as tf
@@ -87,6 +89,119 @@ def forward_backward(model):
         _FORWARD_BACKWARD[model] = key, tf.function(run, autograph=False,
                                                     experimental_attributes=attributes)
     return _FORWARD_BACKWARD[model][1]
+
+
+class TrainFunction:
+    """``model.train_function`` of ``fit`` on a ``tf.data`` iterator: one bilevel step
+    per call of a traced graph whose Python side is let go once it is traced.
+
+    A ``tf.function`` keeps each traced graph for as long as it lives: every traced
+    operation and tensor as a Python object and a C++ node, ~38,500 of them for the
+    paper's search step (0.15 GB; 0.19 GB with ``rematerialize``, whose backward
+    pass holds a second copy of the recomputed forward; docs/BENCHMARKS.md item 16).
+    The runtime runs the function definitions it was handed at tracing, so this
+    traces the step once per input signature, keeps the runtime function and its
+    captured variables, and drops the graphs before the step first runs. A new
+    signature (another batch shape) traces again. Python iterators (``train_on_batch``)
+    go to Keras' own function.
+
+    Args:
+        model: the ``SWDSearchModel``.
+        keras_function: Keras' ``train_function``, for inputs that are not a
+            ``tf.data.Iterator``.
+
+    Call arguments:
+        iterator: the epoch's iterator; one batch is read from it.
+
+    Returns:
+        The step's logs (a dict of scalar tensors).
+    """
+
+    def __init__(self, model, keras_function):
+        self.model, self.keras_function = model, keras_function
+        self._traced = {}
+
+    def __call__(self, iterator):
+        if not isinstance(iterator, tf.data.Iterator):
+            return self.keras_function(iterator)
+        signature = tf.type_spec_from_value(iterator)
+        if signature not in self._traced:
+            self._traced[signature] = self._trace(iterator)
+        runtime_function, captures = self._traced[signature]
+        inputs = runtime_function.function_type.unpack_inputs(
+            runtime_function.function_type.bind(iterator))
+        return runtime_function.call_preflattened(inputs + captures)
+
+    def _trace(self, iterator):
+        runtime_function, captures = _trace_step(self.model, iterator)
+        # The graphs hung on the tf.functions (gone with _trace_step's frame) and on
+        # each runtime function's cached graph, emptied here. The runtime functions
+        # stay alive (and registered) through their parent's children.
+        _FORWARD_BACKWARD.pop(self.model, None)
+        functions = [runtime_function]
+        while functions:
+            function = functions.pop()
+            function._cached_graph = None
+            functions.extend(function.children)
+        gc.collect()
+        _return_free_heap_to_the_system()
+        return runtime_function, captures
+
+
+def _trace_step(model, iterator):
+    """The runtime function of one step on ``iterator``'s next batch, and the values it
+    captures (the variables)."""
+    step = model.train_step
+    if model.jit_compile:  # XLA cannot compile the iterator's read: the step alone
+        step = tf.function(step, autograph=False, jit_compile=True)
+    read_and_step = tf.function(lambda iterator: step(iterator.get_next()), autograph=False)
+    with _registered_gradients_dropped():
+        concrete = read_and_step.get_concrete_function(iterator)
+    return concrete._inference_function, list(concrete.captured_inputs)
+
+
+def _return_free_heap_to_the_system() -> None:
+    """glibc's ``malloc_trim``: the freed graphs' pages are given back at once.
+
+    Otherwise they stay resident in the C heap, where TensorFlow's large buffers
+    (taken from oneDNN's pool, not that heap) would not reuse them. Nothing on a C
+    library without it."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):
+        pass
+
+
+@contextlib.contextmanager
+def _registered_gradients_dropped():
+    """Unregisters the gradient functions registered while inside.
+
+    In a graph, ``tf.custom_gradient`` (``normalize_from_output``, and
+    ``tf.recompute_grad`` under ``keras.remat``) registers each call's gradient
+    function under a new name in TensorFlow's global gradient registry, for good. The
+    function's closure holds forward tensors, and with them their whole graph: without
+    this, every traced step stays in memory however its functions are dropped. Once
+    traced, the backward graph exists and the names are never looked up again.
+    """
+    from tensorflow.python.framework import ops as tf_ops
+
+    registry = tf_ops.gradient_registry._registry
+    before = set(registry)
+    try:
+        yield
+    finally:
+        for name in set(registry) - before:
+            del registry[name]
+
+
+def make_train_function(model, keras_function):
+    """``TrainFunction`` where it applies (a graph step under the default strategy,
+    one step per execution), else Keras' own ``keras_function``."""
+    graph_step = not model.run_eagerly and model.steps_per_execution == 1
+    default_strategy = (not tf.distribute.has_strategy()
+                        and model.distribute_strategy is tf.distribute.get_strategy())
+    return TrainFunction(model, keras_function) if graph_step and default_strategy \
+        else keras_function
 
 
 def _update(model, x, y, variables, optimizer):
