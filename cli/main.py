@@ -8,6 +8,7 @@ import sys
 import click
 
 from cli.allocator import requested_backend, restart_with_allocator_setting
+from cli.tensorflow_import import import_tensorflow_without_optional_imports
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -15,15 +16,17 @@ BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def select_backend(backend: str | None) -> None:
-    """Sets the Keras backend before Keras is imported, or says why it cannot."""
-    if backend is None:
-        return
-    loaded = sys.modules.get("keras")
-    if loaded is not None and loaded.backend.backend() != backend:
-        raise click.UsageError(
-            f"--backend {backend}: Keras is already loaded with the "
-            f"{loaded.backend.backend()} backend in this process; set KERAS_BACKEND={backend}.")
-    os.environ["KERAS_BACKEND"] = backend
+    """Sets the Keras backend before Keras is imported, or says why it cannot; on
+    TensorFlow, then imports it without its optional imports (``cli/tensorflow_import.py``)."""
+    if backend is not None:
+        loaded = sys.modules.get("keras")
+        if loaded is not None and loaded.backend.backend() != backend:
+            raise click.UsageError(
+                f"--backend {backend}: Keras is already loaded with the "
+                f"{loaded.backend.backend()} backend in this process; "
+                f"set KERAS_BACKEND={backend}.")
+        os.environ["KERAS_BACKEND"] = backend
+    import_tensorflow_without_optional_imports()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
