@@ -15,7 +15,7 @@ from keras.src.backend.common.stateless_scope import get_stateless_scope
 def call_rematerialized(forward: Callable, tensors: Sequence, variables: Sequence,
                         statistics: Sequence):
     """``forward(*tensors)``, whose activations are recomputed for the gradient
-    (``keras.remat``: ``tf.recompute_grad``, ``jax.checkpoint``, torch's
+    (``keras.remat``: ``jax.checkpoint``, torch's
     ``checkpoint``) instead of being kept from the forward pass to the backward pass.
 
     A recomputed forward would assign the BatchNorm moving statistics a second time
@@ -53,7 +53,47 @@ def call_rematerialized(forward: Callable, tensors: Sequence, variables: Sequenc
         updated = [v.value if value is None else value for v, value in zip(statistics, updated)]
         return outputs, [ops.stop_gradient(value) for value in updated]
 
-    outputs, updated = keras.remat(run)(*tensors)
+    remat = _recompute_tensorflow if keras.backend.backend() == "tensorflow" else keras.remat
+    outputs, updated = remat(run)(*tensors)
     for variable, value in zip(statistics, updated):
         variable.assign(value)
     return outputs
+
+
+def _recompute_tensorflow(function: Callable) -> Callable:
+    """``tf.recompute_grad`` with one custom gradient where TensorFlow's nests two.
+
+    TensorFlow's own wraps its gradient function in a second ``tf.custom_gradient``, and
+    in a graph each custom gradient looks for the variables its function reads by
+    walking the graph back from its outputs to its inputs: for the nested one, from
+    the recomputed gradients back to the upstream gradients, that is through the whole
+    forward network before the group, once per group. In the paper's search step that
+    was 6 s of the 17 s of tracing (docs/BENCHMARKS.md, item 18). Here the function's
+    own inputs bound the one walk, and the recomputation is differentiated by a plain
+    ``tf.GradientTape`` inside the gradient function.
+    """
+    import tensorflow as tf
+
+    def recomputed(*tensors):
+        @tf.custom_gradient
+        def forward(*tensors):
+            outputs = function(*tensors)
+
+            def gradient(*upstream, variables=()):
+                # Recompute only once the upstream gradient exists; computed earlier,
+                # the recomputed activations would be held as long as the kept ones.
+                with tf.control_dependencies(upstream):
+                    inputs = [tf.identity(t) for t in tensors]
+                with tf.GradientTape() as tape:
+                    tape.watch(inputs)
+                    tape.watch(variables)
+                    again = tf.nest.flatten(function(*inputs))
+                grads = tape.gradient(again, inputs + list(variables), output_gradients=upstream,
+                                      unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                return grads[:len(inputs)], grads[len(inputs):]
+
+            return outputs, gradient
+
+        return forward(*tensors)
+
+    return recomputed
