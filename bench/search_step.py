@@ -32,6 +32,7 @@ import sys
 import time
 
 from cli.allocator import allocator_environment
+from cli.tensorflow_import import import_tensorflow_without_optional_imports
 
 _PROCESS_START = time.perf_counter()
 
@@ -58,9 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", nargs="+", default=["float32"],
                         choices=["float32", "mixed_bfloat16"],
                         help="Keras dtype policy (swd-keras search --precision)")
-    parser.add_argument("--remat", nargs="+", default=["off"], choices=["off", "on"],
-                        help="recompute the edges for their gradient (swd-keras search "
-                             "--remat)")
+    parser.add_argument("--remat", nargs="+", default=["auto"],
+                        choices=["auto", "none", "first-stage", "all"],
+                        help="which cells recompute their edges for the gradient "
+                             "(swd-keras search --remat; auto: as the command resolves it)")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median)")
     parser.add_argument("--warmup", type=int, default=2,
@@ -90,22 +92,25 @@ def run_child(config: dict) -> dict:
     is imported."""
     os.environ["KERAS_BACKEND"] = config["backend"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import_tensorflow_without_optional_imports()  # as the swd-keras commands do
     import resource
 
     import keras
     import numpy as np
 
     from swd_keras.search import SWDSearchModel
+    from swd_keras.search_job import resolve_remat
     from swd_keras.supernet import build_supernet
 
     imported = time.perf_counter()
+    config = {**config, "remat": resolve_remat(config["remat"])}  # the row says which
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(config["precision"])
     size, batch = config["input_size"], config["batch_size"]
     supernet = build_supernet((size, size, 3), config["classes"],
                               channels=config["channels"], layers=config["cells"],
                               k=config["k"], method=config["method"],
-                              rematerialize=config["remat"] == "on")
+                              rematerialize=config["remat"])
     model = SWDSearchModel(supernet, method=config["method"])
     model.compile(jit_compile=config["jit"])
     built = time.perf_counter()

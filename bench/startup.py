@@ -42,6 +42,7 @@ import time
 _PROCESS_START = time.perf_counter()
 
 from cli.allocator import restart_with_allocator_setting  # noqa: E402  (imports no keras)
+from cli.tensorflow_import import import_tensorflow_without_optional_imports  # noqa: E402
 
 GRAPPLER_PASSES = ("layout_optimizer", "constant_folding", "shape_optimization",
                    "remapping", "arithmetic_optimization", "dependency_optimization",
@@ -61,8 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--remat", action=argparse.BooleanOptionalAction, default=False,
-                        help="recompute the edges for their gradient (swd-keras search --remat)")
+    parser.add_argument("--remat", choices=["auto", "none", "first-stage", "all"],
+                        default="auto",
+                        help="which cells recompute their edges for the gradient "
+                             "(swd-keras search --remat; auto: as the command resolves it)")
     parser.add_argument("--grappler", choices=["fit", "on", "off"], default="fit",
                         help="TensorFlow: the Grappler graph optimiser as model.fit sets it "
                              "(off on a CPU), or on, or off")
@@ -107,12 +110,14 @@ def main(argv=None) -> int:
         restart_with_allocator_setting(args.backend)
     os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import_tensorflow_without_optional_imports()  # as the swd-keras commands do
     import resource
 
     import keras
     import numpy as np
 
     from swd_keras.search import SWDSearchModel
+    from swd_keras.search_job import resolve_remat
     from swd_keras.supernet import build_supernet
 
     phases = {"import_s": time.perf_counter() - _PROCESS_START}
@@ -121,7 +126,8 @@ def main(argv=None) -> int:
     def build():
         supernet = build_supernet((args.input_size,) * 2 + (3,), args.classes,
                                   channels=args.channels, layers=args.cells, k=args.k,
-                                  method=args.method, rematerialize=args.remat)
+                                  method=args.method,
+                                  rematerialize=resolve_remat(args.remat))
         model = SWDSearchModel(supernet, method=args.method)
         model.compile()
         return model

@@ -56,7 +56,7 @@ class SearchConfig:
     la_pooling: str = "avg"
     jit: bool | None = None
     precision: str = "float32"
-    remat: bool = False
+    remat: bool | str = "auto"
     limit: int | None = None
     backend: str | None = None
 
@@ -64,7 +64,9 @@ class SearchConfig:
         """Raises a ValueError naming the first bad setting; returns self."""
         from swd_keras.data import DATASETS
         from swd_keras.search import MODES
-        from swd_keras.supernet import METHODS, check_channels
+        from swd_keras.supernet import METHODS, REMATERIALIZE, check_channels
+
+        remat_choices = ("auto", *REMATERIALIZE)
 
         checks = [
             (self.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}"),
@@ -83,6 +85,8 @@ class SearchConfig:
             (self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip}"),
             (self.precision in PRECISIONS,
              f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
+            (isinstance(self.remat, bool) or self.remat in remat_choices,
+             f"remat must be one of {remat_choices}, got {self.remat!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -98,6 +102,17 @@ class SearchConfig:
     def from_json(cls, data: dict) -> SearchConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in fields})
+
+
+def resolve_remat(remat: bool | str) -> bool | str:
+    """``build_supernet``'s ``rematerialize`` for a config's ``remat``: ``"auto"`` is
+    ``"first-stage"`` on TensorFlow, where it brings the paper's search step from 2.57
+    to 2.03 GB for an 11% slower step (docs/BENCHMARKS.md, item 19), and ``"none"`` on
+    JAX (XLA's buffer assignment, not the activations, sets its peak) and PyTorch
+    (whose ``"all"`` reaches 1.9 GB at a 1.6x slower step; the choice is the user's)."""
+    if remat != "auto":
+        return remat
+    return "first-stage" if keras.backend.backend() == "tensorflow" else "none"
 
 
 class SearchDiverged(RuntimeError):
@@ -134,7 +149,8 @@ def build_search_model(config: SearchConfig, input_shape, num_classes: int,
             input_shape, num_classes, channels=config.channels, layers=config.layers,
             k=config.k, method=config.method, ua_pooling=config.ua_pooling,
             la_pooling=config.la_pooling, upper_attention=config.upper_attention,
-            lower_attention=config.lower_attention, rematerialize=config.remat)
+            lower_attention=config.lower_attention,
+            rematerialize=resolve_remat(config.remat))
     finally:
         keras.config.set_dtype_policy(previous_policy)
     model = SWDSearchModel(supernet, mode=config.mode, method=config.method)

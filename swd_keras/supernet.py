@@ -15,6 +15,8 @@ from swd_keras.ops import PRIMITIVES, check_primitives, make_batch_norm
 from swd_keras.search_cell import NUM_EDGES, ArchitectureAlphas, SearchCell
 
 METHODS = ("swd", "darts")
+REMATERIALIZE = ("none", "first-stage", "all")
+"""Which cells recompute their edges for the gradient (``build_supernet``)."""
 
 
 def build_supernet(input_shape: Sequence[int], num_classes: int, channels: int = 16,
@@ -23,7 +25,7 @@ def build_supernet(input_shape: Sequence[int], num_classes: int, channels: int =
                    ua_pooling: str = "avg+max", la_pooling: str = "avg",
                    ua_reduction: int = 2, la_reduction: int = 8,
                    upper_attention: bool = True, lower_attention: bool = True,
-                   rematerialize: bool = False, name: str = "supernet") -> keras.Model:
+                   rematerialize: bool | str = False, name: str = "supernet") -> keras.Model:
     """Builds the SWD-NAS search network as a functional Keras model.
 
     Args:
@@ -40,8 +42,13 @@ def build_supernet(input_shape: Sequence[int], num_classes: int, channels: int =
         ua_pooling, la_pooling, ua_reduction, la_reduction: attention options.
         upper_attention: ``False`` sends all channels into the ops (ablation).
         lower_attention: ``False`` mixes ops by a softmax over per-edge alphas.
-        rematerialize: recompute the edges' forward pass for their gradient instead
-            of keeping their activations (less memory, more compute; same results).
+        rematerialize: which cells recompute their edges' forward pass for the
+            gradient instead of keeping the activations (less memory, more compute;
+            the same results): ``"none"`` (or ``False``), ``"all"`` (or ``True``), or
+            ``"first-stage"``, the cells up to the first reduction, which read
+            full-resolution inputs and hold most of the activations (the paper's
+            search on TensorFlow: 2.57 -> 2.03 GB for an 11% slower step, against
+            2.00 GB and 18% for ``"all"``; docs/BENCHMARKS.md, item 19).
         name: the model's name.
 
     Returns:
@@ -76,13 +83,15 @@ def build_supernet(input_shape: Sequence[int], num_classes: int, channels: int =
     shared_weights = ({kind: layer(inputs) for kind, layer in shared.items()}
                       if darts else None)
 
+    remat_cells = rematerialized_cells(rematerialize, layers)
     c, reduction_prev, attens = channels, False, []
     for index in range(layers):
         reduction = index in reductions
         if reduction:
             c *= 2
         cell = SearchCell(c, reduction, reduction_prev, primitives,
-                          rematerialize=rematerialize, name=f"cell_{index}", **edge_options)
+                          rematerialize=index in remat_cells, name=f"cell_{index}",
+                          **edge_options)
         weights = shared_weights["reduce" if reduction else "normal"] if darts else None
         out, atten = cell(s0, s1, edge_weights=weights)
         s0, s1, reduction_prev = s1, out, reduction
@@ -93,6 +102,20 @@ def build_supernet(input_shape: Sequence[int], num_classes: int, channels: int =
     # float32 whatever the compute dtype: these are accumulated over an epoch.
     edge_weights = ops.cast(ops.stack(attens, axis=0), "float32")
     return keras.Model(inputs, [logits, edge_weights], name=name)
+
+
+def rematerialized_cells(rematerialize: bool | str, layers: int) -> set[int]:
+    """The indices of the cells that ``build_supernet(rematerialize=...)`` recomputes,
+    or a ValueError naming the allowed values."""
+    policy = ({False: "none", True: "all"}[rematerialize] if isinstance(rematerialize, bool)
+              else rematerialize)
+    if policy not in REMATERIALIZE:
+        raise ValueError(f"rematerialize must be one of {REMATERIALIZE} (or a bool), "
+                         f"got {rematerialize!r}.")
+    reductions = default_reduction_indices(layers)
+    last = {"none": -1, "all": layers - 1,
+            "first-stage": reductions[0] if reductions else layers - 1}[policy]
+    return set(range(last + 1))
 
 
 def check_channels(channels: int, k: int, layers: int, upper_attention: bool = True) -> None:

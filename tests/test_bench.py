@@ -28,12 +28,13 @@ def run(script, *args, timeout=600):
 def test_search_step_reports_a_row_per_configuration(tmp_path):
     out = tmp_path / "steps.json"
     result = run("search_step.py", "--backend", "torch", "--method", "swd", "darts",
-                 "--remat", "off", "on", *TINY, "--steps", "2", "--warmup", "0",
+                 "--remat", "auto", "all", *TINY, "--steps", "2", "--warmup", "0",
                  "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
     assert len(lines) == 2 + 4  # header, separator, one row per method and remat
-    expected = [("swd", "off"), ("swd", "on"), ("darts", "off"), ("darts", "on")]
+    # auto is reported as resolved: no recomputation on PyTorch.
+    expected = [("swd", "none"), ("swd", "all"), ("darts", "none"), ("darts", "all")]
     assert [(row.split("|")[2].strip(), row.split("|")[5].strip())
             for row in lines[2:]] == expected
     results = json.loads(out.read_text())["results"]

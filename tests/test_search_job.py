@@ -30,16 +30,29 @@ def test_mixed_bfloat16_computes_in_bfloat16_with_float32_variables():
     assert {v.dtype for v in model.trainable_variables} == {"float32"}
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_remat_setting_reaches_every_cell(remat):
+@pytest.mark.parametrize("remat, expected", [
+    (False, [False] * 5), (True, [True] * 5), ("none", [False] * 5), ("all", [True] * 5),
+    # The cells up to the first reduction (cell 1 of 5) read full-resolution inputs.
+    ("first-stage", [True, True, False, False, False]),
+    ("auto", [keras.backend.backend() == "tensorflow"] * 2 + [False] * 3)])
+def test_remat_setting_reaches_its_cells(remat, expected):
     from swd_keras.search_cell import SearchCell
 
-    config = SearchConfig(channels=4, layers=2, k=2, remat=remat).validate()
+    config = SearchConfig(channels=4, layers=5, k=2, remat=remat).validate()
     model = build_search_model(config, (8, 8, 1), 10, steps_per_epoch=2)
     cells = [layer for layer in model.supernet.layers if isinstance(layer, SearchCell)]
-    assert len(cells) == 2 and all(cell.rematerialize == remat for cell in cells)
-    # A run folder written before the setting existed resumes without it.
-    assert SearchConfig.from_json({"channels": 4}).remat is False
+    assert [cell.rematerialize for cell in cells] == expected
+    # A run folder written before the setting existed resumes with the default.
+    assert SearchConfig.from_json({"channels": 4}).remat == "auto"
+
+
+def test_remat_rejects_an_unknown_setting():
+    from swd_keras.supernet import build_supernet
+
+    with pytest.raises(ValueError, match="remat must be one of .*'first-stage'"):
+        SearchConfig(remat="some").validate()
+    with pytest.raises(ValueError, match="rematerialize must be one of"):
+        build_supernet((8, 8, 1), 10, channels=4, layers=2, k=2, rematerialize="some")
 
 
 def test_epoch_cosine_decay_matches_pytorch_cosine_annealing():

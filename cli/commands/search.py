@@ -47,9 +47,11 @@ DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagenet2012")
 @click.option("--precision", type=click.Choice(("float32", "mixed_bfloat16")),
               default="float32", show_default=True,
               help="Compute dtype; mixed_bfloat16 keeps variables in float32.")
-@click.option("--remat/--no-remat", default=False, show_default=True,
-              help="Recompute each edge group's forward pass for its gradient: "
-                   "less memory, a slower step; the same results.")
+@click.option("--remat", type=click.Choice(("auto", "none", "first-stage", "all")),
+              default="auto", show_default=True, is_flag=False, flag_value="all",
+              help="Which cells recompute their edges for the gradient: less memory, "
+                   "a slower step, the same results. auto: first-stage on TensorFlow, "
+                   "none elsewhere; a bare --remat means all.")
 @click.option("--no-upper-attention", is_flag=True, help="Ablation: all channels enter.")
 @click.option("--no-lower-attention", is_flag=True, help="Ablation: softmax over alphas.")
 @click.option("--no-normalization", is_flag=True, help="Ablation: no eq. 11 normalization.")
