@@ -38,4 +38,3 @@ def import_tensorflow_without_optional_imports() -> None:
         for name in blocked:
             if name in sys.modules and sys.modules[name] is None:
                 del sys.modules[name]
-

@@ -15,8 +15,9 @@ from keras.src.backend.common.stateless_scope import get_stateless_scope
 def call_rematerialized(forward: Callable, tensors: Sequence, variables: Sequence,
                         statistics: Sequence):
     """``forward(*tensors)``, whose activations are recomputed for the gradient
-    (``keras.remat``: ``jax.checkpoint``, torch's
-    ``checkpoint``) instead of being kept from the forward pass to the backward pass.
+    (``_recompute_tensorflow`` on TensorFlow, ``keras.remat`` elsewhere:
+    ``jax.checkpoint``, torch's ``checkpoint``) instead of being kept from the forward
+    pass to the backward pass.
 
     A recomputed forward would assign the BatchNorm moving statistics a second time
     (and, on JAX, leak values out of the checkpointed trace). So ``forward`` runs in a

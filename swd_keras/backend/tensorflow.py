@@ -97,8 +97,9 @@ class TrainFunction:
 
     A ``tf.function`` keeps each traced graph for as long as it lives: every traced
     operation and tensor as a Python object and a C++ node, ~38,500 of them for the
-    paper's search step (0.15 GB; 0.19 GB with ``rematerialize``, whose backward
-    pass holds a second copy of the recomputed forward; docs/BENCHMARKS.md item 16).
+    paper's search step. Letting them go took 0.27 GB off its peak, 0.33 GB with
+    every cell recomputed, whose backward pass holds a second copy of the forward
+    (docs/BENCHMARKS.md, item 16).
     The runtime runs the function definitions it was handed at tracing, so this
     traces the step once per input signature, keeps the runtime function and its
     captured variables, and drops the graphs before the step first runs. A new
@@ -176,8 +177,8 @@ def _return_free_heap_to_the_system() -> None:
 def _registered_gradients_dropped():
     """Unregisters the gradient functions registered while inside.
 
-    In a graph, ``tf.custom_gradient`` (``normalize_from_output``, and
-    ``tf.recompute_grad`` under ``keras.remat``) registers each call's gradient
+    In a graph, ``tf.custom_gradient`` (``normalize_from_output``, and the
+    recomputed edge groups of ``rematerialize``) registers each call's gradient
     function under a new name in TensorFlow's global gradient registry, for good. The
     function's closure holds forward tensors, and with them their whole graph: without
     this, every traced step stays in memory however its functions are dropped. Once
