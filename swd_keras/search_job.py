@@ -107,7 +107,7 @@ class SearchConfig:
 def resolve_remat(remat: bool | str) -> bool | str:
     """``build_supernet``'s ``rematerialize`` for a config's ``remat``: ``"auto"`` is
     ``"first-stage"`` on TensorFlow, where it brings the paper's search step from 2.57
-    to 2.03 GB for an 11% slower step (docs/BENCHMARKS.md, item 19), and ``"none"`` on
+    to 2.03 GB for a 1.3x longer step (docs/BENCHMARKS.md, item 19), and ``"none"`` on
     JAX (XLA's buffer assignment, not the activations, sets its peak) and PyTorch
     (whose ``"all"`` reaches 1.9 GB at a 1.6x slower step; the choice is the user's)."""
     if remat != "auto":
