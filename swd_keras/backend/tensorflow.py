@@ -70,6 +70,30 @@ def _without_op_stack_traces():
         tf_stack.extract_stack = extract
 
 
+@contextlib.contextmanager
+def _registered_gradients_dropped():
+    """Unregisters the gradient functions registered while inside.
+
+    In a graph, ``tf.custom_gradient`` (``normalize_from_output``, and the
+    recomputed edge groups of ``rematerialize``) registers each call's gradient
+    function under a new name in TensorFlow's global gradient registry, for good. The
+    function's closure holds forward tensors, and with them their whole graph: without
+    this, every traced step stays in memory however its functions are dropped. Used
+    around ``train_step``, which runs in a graph only while traced, so every way of
+    tracing the step is covered; once its backward graph is built, the names are
+    never looked up again.
+    """
+    from tensorflow.python.framework import ops as tf_ops
+
+    registry = tf_ops.gradient_registry._registry
+    before = set(registry)
+    try:
+        yield
+    finally:
+        for name in set(registry) - before:
+            del registry[name]
+
+
 def forward_backward(model):
     """``(x, y) -> (loss, logits, edge_weights, gradients)``, the gradients in
     ``model.trainable_variables`` order; one ``tf.function`` per model, made anew when
@@ -156,8 +180,7 @@ def _trace_step(model, iterator):
     if model.jit_compile:  # XLA cannot compile the iterator's read: the step alone
         step = tf.function(step, autograph=False, jit_compile=True)
     read_and_step = tf.function(lambda iterator: step(iterator.get_next()), autograph=False)
-    with _registered_gradients_dropped():
-        concrete = read_and_step.get_concrete_function(iterator)
+    concrete = read_and_step.get_concrete_function(iterator)
     return concrete._inference_function, list(concrete.captured_inputs)
 
 
@@ -171,28 +194,6 @@ def _return_free_heap_to_the_system() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (AttributeError, OSError):
         pass
-
-
-@contextlib.contextmanager
-def _registered_gradients_dropped():
-    """Unregisters the gradient functions registered while inside.
-
-    In a graph, ``tf.custom_gradient`` (``normalize_from_output``, and the
-    recomputed edge groups of ``rematerialize``) registers each call's gradient
-    function under a new name in TensorFlow's global gradient registry, for good. The
-    function's closure holds forward tensors, and with them their whole graph: without
-    this, every traced step stays in memory however its functions are dropped. Once
-    traced, the backward graph exists and the names are never looked up again.
-    """
-    from tensorflow.python.framework import ops as tf_ops
-
-    registry = tf_ops.gradient_registry._registry
-    before = set(registry)
-    try:
-        yield
-    finally:
-        for name in set(registry) - before:
-            del registry[name]
 
 
 def make_train_function(model, keras_function):
@@ -214,6 +215,11 @@ def _update(model, x, y, variables, optimizer):
 
 
 def train_step(model, data):
+    with _registered_gradients_dropped():
+        return _train_step(model, data)
+
+
+def _train_step(model, data):
     (x_train, y_train), (x_val, y_val) = data
     optimizer = model.optimizer
     if model.mode == "bilevel":
