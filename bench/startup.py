@@ -22,7 +22,7 @@ restarts itself with the allocator setting of ``cli/allocator.py``; set
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` to measure without it.
 
 TensorFlow's graph optimiser runs as ``model.fit`` sets it (off on a CPU, see
-``swd_keras/backend/tensorflow.py``) unless ``--grappler on`` or ``off`` says otherwise;
+``swd_keras/backend/tensorflow/trainer.py``) unless ``--grappler on`` or ``off`` says otherwise;
 ``--grappler on --grappler-off layout_optimizer remapping ...`` switches single passes
 off, to measure what each costs and gains. ``--profile DIR`` runs two more steps under
 the TensorFlow profiler and reports the kernel time per op type.

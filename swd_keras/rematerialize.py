@@ -61,6 +61,15 @@ def call_rematerialized(forward: Callable, tensors: Sequence, variables: Sequenc
     return outputs
 
 
+def group_size(edges: int) -> int:
+    """Edges per recomputed group, for ``edges`` edges ready together.
+
+    PyTorch runs eagerly, so smaller groups only lower its peak (docs/BENCHMARKS.md,
+    item 11); a graph backend pays for each group in tracing and graph memory, so it
+    keeps whole groups."""
+    return min(edges, 2) if keras.backend.backend() == "torch" else edges
+
+
 def _recompute_tensorflow(function: Callable) -> Callable:
     """``tf.recompute_grad`` with one custom gradient where TensorFlow's nests two.
 

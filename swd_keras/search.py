@@ -7,12 +7,12 @@ live in ``swd_keras/backend/``.
 from __future__ import annotations
 
 import contextlib
-import importlib
 
 import keras
 import numpy as np
 from keras import ops
 
+from swd_keras import backend
 from swd_keras.genotype import Genotype, default_reduction_indices, derive_genotype
 from swd_keras.optimizers import BilevelOptimizer, TorchSGD
 from swd_keras.supernet import attention_variables
@@ -21,12 +21,7 @@ MODES = ("bilevel", "joint")
 
 
 def _step_module():
-    name = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(
-        keras.backend.backend())
-    if name is None:
-        raise RuntimeError(f"SWDSearchModel has no train step for the "
-                           f"{keras.backend.backend()!r} backend.")
-    return importlib.import_module(f"swd_keras.backend.{name}")
+    return backend.module("trainer")
 
 
 class SWDSearchModel(keras.Model):

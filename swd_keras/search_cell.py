@@ -9,21 +9,13 @@ from keras import layers, ops
 
 from swd_keras.mixed_op import SWDMixedOp, call_edges
 from swd_keras.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, check_primitives
-from swd_keras.rematerialize import call_rematerialized
+from swd_keras.rematerialize import call_rematerialized, group_size
 
 STEPS = 4
 """Intermediate nodes per cell."""
 
 NUM_EDGES = sum(2 + i for i in range(STEPS))
 """Mixed edges per cell: node i reads the 2 cell inputs and the i earlier nodes (14)."""
-
-
-# Edges per recomputed group under ``rematerialize`` (docs/BENCHMARKS.md, item 11).
-# PyTorch runs eagerly, so smaller groups only lower its peak (paper configuration:
-# 8 edges 2.58 GB, 4: 2.31 GB, 2: 1.81 GB, 1: 1.78 GB but a slower step). A graph
-# backend pays for each group in tracing and graph memory (TensorFlow: 8 edges 2.60 GB,
-# 4: 2.52 GB with 4.5 s more tracing, 2: 2.80 GB), so it keeps whole groups.
-_REMAT_GROUP_EDGES = {"torch": 2}
 
 
 def edge_inputs(steps: int = STEPS) -> list[int]:
@@ -108,7 +100,7 @@ class SearchCell(layers.Layer):
                      if source < len(states) and results[e] is None]
             size = len(ready)
             if self.rematerialize and training:
-                size = _REMAT_GROUP_EDGES.get(keras.backend.backend(), size)
+                size = group_size(size)
             for chunk in (ready[i:i + size] for i in range(0, len(ready), size)):
                 outputs = self._call_group(
                     [self.edges[e] for e in chunk], [sources[e] for e in chunk], states,

@@ -228,7 +228,7 @@ def test_rematerialized_edges_give_the_same_step(method):
 def test_fit_traces_without_op_stack_traces_and_restores_tensorflow_settings():
     from tensorflow.python.util import tf_stack
 
-    from swd_keras.backend.tensorflow import fit_scope
+    from swd_keras.backend.tensorflow.trainer import fit_scope
 
     def traced_ops():
         return tf.function(lambda x: x * 2.0).get_concrete_function(
@@ -256,7 +256,7 @@ def _live_func_graphs() -> int:
 def test_fit_lets_the_traced_graphs_go_and_steps_as_keras_own_function(monkeypatch):
     from tensorflow.python.framework import ops as tf_ops
 
-    from swd_keras.backend import tensorflow as tf_step
+    from swd_keras.backend.tensorflow import trainer as tf_step
 
     ours, keras_own = tiny_model(), tiny_model()
     for source, target in zip(ours.variables, keras_own.variables):
@@ -278,7 +278,7 @@ def test_fit_lets_the_traced_graphs_go_and_steps_as_keras_own_function(monkeypat
 
 
 def test_train_function_traces_once_per_batch_shape(monkeypatch):
-    from swd_keras.backend import tensorflow as tf_step
+    from swd_keras.backend.tensorflow import trainer as tf_step
 
     model = tiny_model()
     (x_t, y_t), (x_v, y_v), _ = batches(steps=2)

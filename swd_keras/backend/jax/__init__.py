@@ -1,0 +1,1 @@
+"""The jax backend: its step interface (``trainer``) and kernels."""

@@ -1,0 +1,1 @@
+"""The tensorflow backend: its step interface (``trainer``) and kernels."""

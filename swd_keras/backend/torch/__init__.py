@@ -1,0 +1,1 @@
+"""The torch backend: its step interface (``trainer``) and kernels."""
