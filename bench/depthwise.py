@@ -1,10 +1,11 @@
 """Depthwise convolution on JAX: XLA's grouped convolution against shifted products.
 
-``swd_keras.fused_ops.depthwise_conv`` computes depthwise convolutions on JAX as a sum
-of the kernel's shifted, per-channel products, because XLA's CPU gradient of a grouped
-convolution is very slow. This script times both, forward and forward + backward
-(``jax.jit(jax.grad(...))`` with respect to input and kernel, median of ``--runs``
-runs after compilation), and checks that they agree.
+On JAX, ``swd_keras.fused_ops.depthwise_conv`` is
+``swd_keras.backend.jax.kernels.depthwise_conv``: a sum of the kernel's shifted,
+per-channel products, because XLA's CPU gradient of a grouped convolution is very slow.
+This script times both, forward and forward + backward (``jax.jit(jax.grad(...))`` with
+respect to input and kernel, median of ``--runs`` runs after compilation), and checks
+that they agree.
 
 Example:
     python bench/depthwise.py                        # 64x32x32x64, 5x5, depth multiplier 2
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     import numpy as np
     from keras import ops
 
-    from swd_keras.fused_ops import depthwise_conv
+    from swd_keras.backend.jax.kernels import depthwise_conv
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(args.batch_size, args.input_size, args.input_size,

@@ -8,7 +8,7 @@ tracing only (nothing runs):
     per-op layers   the candidate ops of one edge as separate ops.py layers
     candidate ops   the same ops as one ``CandidateOps``
     edge            one ``SWDMixedOp``, forward, and forward + gradients
-    edges together  the 8 edges leaving a cell's two inputs, by ``call_edges``
+    edges together  the 8 edges leaving a cell's two inputs, by one ``EdgeGroup``
     supernet        forward, forward + gradients, and the whole bilevel train step
 
 Example:
@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
 
-    from swd_keras.mixed_op import SWDMixedOp, call_edges
+    from swd_keras.edge_group import EdgeGroup
+    from swd_keras.mixed_op import SWDMixedOp
     from swd_keras.ops import PRIMITIVES, make_op
     from swd_keras.search import SWDSearchModel
     from swd_keras.supernet import build_supernet
@@ -87,8 +88,9 @@ def main(argv=None) -> int:
         member.build(x.shape)
     counts["8_edges_alone_forward"] = count(
         lambda x0, x1: [e(xi, training=True) for e, xi in zip(group, [x0, x1] * 4)], x, x)
+    together = EdgeGroup(group, sources=[0, 1] * 4)
     counts["8_edges_together_forward"] = count(
-        lambda x0, x1: call_edges(group, [x0, x1] * 4, training=True), x, x)
+        lambda x0, x1: together([x0, x1], training=True), x, x)
 
     images = tf.zeros((batch, size, size, 3))
     labels = tf.zeros((batch,), tf.int32)

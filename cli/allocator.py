@@ -6,7 +6,7 @@ them every step, and glibc hands such large blocks back to the kernel; the next 
 faults every page in again. In the paper's search step that was 1.67 million page
 faults (6.4 GB) and 4.9 s of kernel time per step. With glibc's ``hugetlb`` tunable its
 blocks are backed by transparent huge pages (2 MB): 4.7 thousand faults, and the step
-went from 5.7 s to 2.6 s (docs/BENCHMARKS.md, item 14). TensorFlow keeps its own pool (no change)
+went from 5.7 s to 2.6 s (docs/BENCHMARKS.md). TensorFlow keeps its own pool (no change)
 and PyTorch's step got slower with it, so only JAX gets the setting.
 """
 

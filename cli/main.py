@@ -15,9 +15,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
+def primitives_module_option(command):
+    """``--primitives-module MODULE|FILE.py``: a module that registers users' own
+    primitives, imported by ``select_backend`` once the backend is set (it imports
+    Keras)."""
+
+    def remember(ctx: click.Context, _param, value):
+        ctx.meta["primitives_modules"] = value
+        return value
+
+    return click.option(
+        "--primitives-module", "primitives_modules", multiple=True, expose_value=False,
+        callback=remember, metavar="MODULE|FILE.py",
+        help="Import this module first: it registers your own primitives "
+             "(swd_keras.ops.register_primitive). Repeatable.")(command)
+
+
 def select_backend(backend: str | None) -> None:
     """Sets the Keras backend before Keras is imported, or says why it cannot; on
-    TensorFlow, then imports it without its optional imports (``cli/tensorflow_import.py``)."""
+    TensorFlow, then imports it without its optional imports (``cli/tensorflow_import.py``);
+    then imports the command's ``--primitives-module`` modules."""
     if backend is not None:
         loaded = sys.modules.get("keras")
         if loaded is not None and loaded.backend.backend() != backend:
@@ -27,6 +44,16 @@ def select_backend(backend: str | None) -> None:
                 f"set KERAS_BACKEND={backend}.")
         os.environ["KERAS_BACKEND"] = backend
     import_tensorflow_without_optional_imports()
+    context = click.get_current_context(silent=True)
+    modules = () if context is None else context.meta.get("primitives_modules", ())
+    if modules:
+        from swd_keras.ops import import_primitives
+
+        for module in modules:
+            try:
+                import_primitives(module)
+            except ValueError as error:
+                raise click.BadParameter(str(error), param_hint="--primitives-module") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -4,7 +4,7 @@
 utilities), and, through Keras' ``tf.keras`` shim, matplotlib (``keras.visualization``)
 and scikit-learn (``keras.wrappers``). Each import is optional (guarded by ``except
 ImportError``), and together they hold 0.19 GB of resident memory for the whole run in
-this project's environment (docs/BENCHMARKS.md, item 17), none of which a search, a
+this project's environment (docs/BENCHMARKS.md), none of which a search, a
 training or an export uses. So the commands import TensorFlow with those three
 modules marked absent, and unmark them at once: this package's own later imports of
 matplotlib (genotype pictures) and scikit-learn (the digits set) load them as usual.

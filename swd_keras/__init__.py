@@ -17,12 +17,21 @@ from swd_keras.genotype import (
     normalize_edge_weights,
 )
 from swd_keras.layers import (
+    EdgeGroup,
     LowerAttention,
     SWDMixedOp,
     UpperAttention,
     select_channels,
 )
-from swd_keras.ops import OPS, PARAMETER_FREE, PRIMITIVES, make_op
+from swd_keras.ops import (
+    OPS,
+    PARAMETER_FREE,
+    PRIMITIVES,
+    FusedKernel,
+    import_primitives,
+    make_op,
+    register_primitive,
+)
 from swd_keras.optimizers import TorchSGD
 from swd_keras.search import SWDSearchModel
 from swd_keras.supernet import attention_variables, build_supernet
@@ -53,7 +62,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "BUILTIN_GENOTYPES", "CellGenotype", "Genotype", "GenotypeError", "LowerAttention",
+    "BUILTIN_GENOTYPES", "CellGenotype", "EdgeGroup", "FusedKernel", "Genotype",
+    "GenotypeError", "LowerAttention", "import_primitives", "register_primitive",
     "OPS", "PARAMETER_FREE", "PRIMITIVES", "SWDMixedOp", "SWDSearchModel", "TorchSGD",
     "UpperAttention", "attention_variables", "build_supernet", "default_reduction_indices",
     "derive_genotype", "get_genotype", "load_genotype", "make_op", "normalize_edge_weights",

@@ -2,10 +2,9 @@
 
 In a search edge every candidate operation reads the same input, and most of them
 end in a non-affine BatchNorm. Computing them one layer at a time (``ops.py``) gives
-the training graph hundreds of small operations per edge: a traced bilevel step of the
-paper's supernet had about 180,000 graph operations, which TensorFlow spends minutes
-tracing and optimising before the first step. ``CandidateOps`` computes the same
-functions with far fewer, larger operations:
+the training graph hundreds of small operations per edge, which TensorFlow spends
+minutes tracing and optimising before the first step (docs/BENCHMARKS.md).
+``CandidateOps`` computes the same functions with far fewer, larger operations:
 
 - one ReLU shared by the convolutions and factorized reduce;
 - the first depthwise convolutions of the separable ops as one depthwise convolution
@@ -19,6 +18,11 @@ functions with far fewer, larger operations:
   BatchNorm, the pools' included, is one BatchNorm over the edge's features;
 - the average pool's divisor (the count of real pixels) as a constant.
 
+Which of these forms computes a primitive is part of its registration
+(``ops.register_primitive(..., fused=FusedKernel(kind, size))``). A primitive without
+a fused form runs as its own layer (``make_op``), owned by the ``CandidateOps`` of its
+edge; its output follows the fused ones.
+
 Everything above is per channel or block-diagonal, so the same holds across edges:
 ``compute_candidates`` runs the candidate ops of several edges (several
 ``CandidateOps`` layers with one configuration) on their inputs side by side, with the
@@ -28,6 +32,9 @@ The trainable variables keep the shapes of the per-op layers in ``ops.py`` (DART
 parameter counts); only the BatchNorms' moving statistics are stored concatenated, one
 pair of vectors per fused BatchNorm. The ``none`` operation is not computed: its output
 is the constant zero, which callers add where they need it.
+
+On backends with their own kernels (``swd_keras/backend/<name>/kernels.py``: JAX's)
+the depthwise convolutions and max pools use those, picked once at import.
 """
 
 from __future__ import annotations
@@ -39,27 +46,33 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from swd_keras import backend
 from swd_keras.normalization import normalize_from_output
-from swd_keras.ops import _BN_EPSILON, _BN_MOMENTUM, check_primitives, same_padding
+from swd_keras.ops import (
+    _BN_EPSILON,
+    _BN_MOMENTUM,
+    check_primitives,
+    get_primitive,
+    make_op,
+    same_padding,
+)
 
-_SEP_CONV = {"sep_conv_3x3": 3, "sep_conv_5x5": 5}
-_DIL_CONV = {"dil_conv_3x3": 3, "dil_conv_5x5": 5}
-_POOLS = ("avg_pool_3x3", "max_pool_3x3")
 _DILATION = 2
 # Grouped pointwise convolutions up to this many channels use one block-diagonal kernel.
 _BLOCK_DIAGONAL_MAX_CHANNELS = 64
 
 
 @functools.lru_cache(maxsize=64)
-def _real_pixel_scale(h: int, w: int, strides: int) -> np.ndarray:
-    """9 / (real pixels in each 3x3 "same" window), shape (1, h', w', 1): turns a
+def _real_pixel_scale(h: int, w: int, window: int, strides: int) -> np.ndarray:
+    """window² / (real pixels in each "same" window), shape (1, h', w', 1): turns a
     zero-padded average into the average over the real pixels only (PyTorch's
     ``count_include_pad=False``)."""
     counts = []
     for size in (h, w):
-        real = np.pad(np.ones(size), same_padding(size, 3, strides))
-        counts.append(np.lib.stride_tricks.sliding_window_view(real, 3)[::strides].sum(axis=1))
-    return (9.0 / np.outer(*counts))[None, :, :, None].astype("float32")
+        real = np.pad(np.ones(size), same_padding(size, window, strides))
+        counts.append(np.lib.stride_tricks.sliding_window_view(real, window)[::strides]
+                      .sum(axis=1))
+    return (window * window / np.outer(*counts))[None, :, :, None].astype("float32")
 
 
 def _embed(kernel, size: int):
@@ -71,140 +84,25 @@ def _embed(kernel, size: int):
     return ops.pad(kernel, ((pad, pad), (pad, pad), (0, 0), (0, 0)))
 
 
-def depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1):
-    """``ops.depthwise_conv(x, kernel, strides, "same", dilation_rate)``, channels last.
-
-    On JAX it is computed as a sum of the kernel's shifted, per-channel products, with
-    a gradient of the same form (``_jax_shifted_products``): XLA's CPU kernel-gradient
-    of a grouped convolution is pathological (a 5x5 depthwise convolution, depth
-    multiplier 2, of a 64x32x32x32 tensor: 70 ms forward, 9.9 s forward and backward;
-    162 ms as shifted products, which fuse into elementwise loops; ``bench/depthwise.py``,
-    docs/BENCHMARKS.md).
-    """
-    if keras.backend.backend() != "jax":
-        return ops.depthwise_conv(x, kernel, strides=strides, padding="same",
-                                  dilation_rate=dilation_rate)
-    size, _, _, multiplier = kernel.shape
-    if multiplier > 1:  # output channel c * multiplier + j reads input channel c
-        x = ops.repeat(x, multiplier, axis=-1)
-    kernel = ops.reshape(kernel, (size, size, -1))
-    span = dilation_rate * (size - 1) + 1
-    h, w = x.shape[1], x.shape[2]
-    x = ops.pad(x, ((0, 0), same_padding(h, span, strides), same_padding(w, span, strides),
-                    (0, 0)))
-    return _jax_shifted_products(strides, dilation_rate, -(-h // strides),
-                                 -(-w // strides))(x, kernel)
+def _keras_depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1):
+    return ops.depthwise_conv(x, kernel, strides=strides, padding="same",
+                              dilation_rate=dilation_rate)
 
 
-def _windows(padded, size: int, strides: int, dilation: int, out_h: int, out_w: int):
-    """(i, j, the (b, out_h, out_w, c) pixels that kernel tap (i, j) multiplies)."""
-    for i in range(size):
-        for j in range(size):
-            top, left = i * dilation, j * dilation
-            yield i, j, padded[:, top:top + (out_h - 1) * strides + 1:strides,
-                               left:left + (out_w - 1) * strides + 1:strides, :]
+def _keras_max_pool(x, size: int, strides: int):
+    return ops.max_pool(x, size, strides, padding="same")
 
 
-def _shifted_products(padded, kernel, strides, dilation, out_h, out_w):
-    total = 0
-    for i, j, window in _windows(padded, kernel.shape[0], strides, dilation, out_h, out_w):
-        total = total + window * kernel[i, j]
-    return total
+_KERNELS = backend.module("kernels")
 
+depthwise_conv = getattr(_KERNELS, "depthwise_conv", _keras_depthwise_conv)
+"""``depthwise_conv(x, kernel, strides=1, dilation_rate=1)``:
+``ops.depthwise_conv(x, kernel, strides, "same", dilation_rate)``, channels last, by the
+running backend's kernel where it has one (``swd_keras/backend/jax/kernels.py``)."""
 
-@functools.cache
-def _jax_shifted_products(strides: int, dilation: int, out_h: int, out_w: int):
-    """``(padded input, (k, k, c) kernel) -> output``: the shifted products, with a
-    gradient written in the same form. JAX's own gradient of the products pads each
-    tap's output gradient back to the input's size and adds them up (25 full-size pads
-    for a 5x5 kernel); here the input gradient is one correlation of the output
-    gradient with the flipped kernel, ~15-20% less time per depthwise convolution
-    (docs/BENCHMARKS.md)."""
-    import jax
-    from jax import lax
-
-    @jax.custom_vjp
-    def products(padded, kernel):
-        return _shifted_products(padded, kernel, strides, dilation, out_h, out_w)
-
-    def forward(padded, kernel):
-        return products(padded, kernel), (padded, kernel)
-
-    def backward(residuals, grad):
-        padded, kernel = residuals
-        size, (h, w) = kernel.shape[0], padded.shape[1:3]
-        edge = (size - 1) * dilation
-        # The output gradient at its input positions (strides - 1 zeros between
-        # pixels), zero-bordered so that every input pixel sees all taps.
-        spread = lax.pad(grad, jax.numpy.zeros((), grad.dtype), [
-            (0, 0, 0), (edge, h - (out_h - 1) * strides - 1, strides - 1),
-            (edge, w - (out_w - 1) * strides - 1, strides - 1), (0, 0, 0)])
-        grad_padded = _shifted_products(spread, kernel[::-1, ::-1], 1, dilation, h, w)
-        taps = {(i, j): ops.sum(window * grad, axis=(0, 1, 2)) for i, j, window in
-                _windows(padded, size, strides, dilation, out_h, out_w)}
-        grad_kernel = ops.stack([ops.stack([taps[i, j] for j in range(size)])
-                                 for i in range(size)])
-        return grad_padded, grad_kernel
-
-    products.defvjp(forward, backward)
-    return products
-
-
-def max_pool(x, size: int, strides: int):
-    """``ops.max_pool(x, size, strides, padding="same")``, channels last.
-
-    On JAX it is the running maximum of the window's shifted pixels, which also records
-    which tap won (``_jax_max_pool``): JAX differentiates a max pool by packing values
-    and tangents into one reduce-window, which on a CPU took 100 ms forward and backward
-    for a 3x3 pool of a 64x32x32x32 tensor, against 63 ms this way (docs/BENCHMARKS.md).
-    """
-    if keras.backend.backend() != "jax":
-        return ops.max_pool(x, size, strides, padding="same")
-    h, w = x.shape[1], x.shape[2]
-    padded = ops.pad(x, ((0, 0), same_padding(h, size, strides),
-                         same_padding(w, size, strides), (0, 0)), constant_values=-np.inf)
-    return _jax_max_pool(size, strides, *padded.shape[1:3])(padded)
-
-
-@functools.cache
-def _jax_max_pool(size: int, strides: int, h: int, w: int):
-    """``(b, h, w, c) padded input -> output`` of a max pool. Its gradient goes to the
-    first window pixel (in row-major order) that holds the maximum, as TensorFlow's
-    does; the only residual is that pixel's tap index, one byte per output value."""
-    import jax
-    from jax import lax
-
-    jnp = jax.numpy
-    out_h, out_w = (h - size) // strides + 1, (w - size) // strides + 1
-
-    def forward(padded):
-        out = winner = None
-        for tap, (_, _, window) in enumerate(
-                _windows(padded, size, strides, 1, out_h, out_w)):
-            if out is None:
-                out, winner = window, jnp.zeros(window.shape, "int8")
-                continue
-            larger = window > out
-            out = jnp.where(larger, window, out)
-            winner = jnp.where(larger, jnp.int8(tap), winner)
-        return out, winner
-
-    @jax.custom_vjp
-    def pool(padded):
-        return forward(padded)[0]
-
-    def backward(winner, grad):
-        zero, total = jnp.zeros((), grad.dtype), 0
-        for tap in range(size * size):
-            i, j = divmod(tap, size)
-            # Output pixel (y, x) of this tap reads padded pixel (i + s*y, j + s*x).
-            total = total + lax.pad(jnp.where(winner == tap, grad, zero), zero, [
-                (0, 0, 0), (i, h - i - (out_h - 1) * strides - 1, strides - 1),
-                (j, w - j - (out_w - 1) * strides - 1, strides - 1), (0, 0, 0)])
-        return (total,)
-
-    pool.defvjp(forward, backward)
-    return pool
+max_pool = getattr(_KERNELS, "max_pool", _keras_max_pool)
+"""``max_pool(x, size, strides)``: ``ops.max_pool(x, size, strides, padding="same")``,
+channels last, by the running backend's kernel where it has one."""
 
 
 def _concat(tensors: list, axis: int = -1):
@@ -268,7 +166,9 @@ class CandidateOps(layers.Layer):
 
     Computes exactly what the per-op layers of ``ops.py`` compute for a search edge
     (``make_op(name, channels, strides, affine, pool_batch_norm=True)`` for each name),
-    with far fewer graph operations; see the module docstring.
+    with far fewer graph operations for the primitives registered with a fused form
+    (see the module docstring); the others run as their own layers
+    (``per_op_layers``, in op order).
 
     Variables, per operation (``op_weights(name)``), with the shapes of ``ops.py``:
     sep convs ``first_depthwise`` (k, k, c, 1), ``first_pointwise`` (1, 1, c, c),
@@ -277,12 +177,14 @@ class CandidateOps(layers.Layer):
     with ``affine=True`` also ``gamma``/``beta`` (sep convs: ``first_gamma``, ...).
     Non-trainable: ``sep_bn_moving_mean``/``_variance`` (the separable ops' first
     BatchNorms, concatenated in op order) and ``bn_moving_mean``/``_variance`` (every
-    op's final BatchNorm, concatenated in op order).
+    op's final BatchNorm, concatenated in op order). Primitives without a fused form
+    keep their layer's variables.
 
     Args:
         channels: input and output channels ``c`` of every operation.
         strides: 1, or 2 in a reduction edge.
-        primitives: operation names (``ops.PRIMITIVES`` or any subset, any order).
+        primitives: registered operation names (``ops.PRIMITIVES`` or any subset, any
+            order, with registered ones; at most one skip connection).
         affine: whether the conv ops' BatchNorms learn scale and offset (the pools'
             BatchNorms never do, as in DARTS' search edge).
 
@@ -291,8 +193,8 @@ class CandidateOps(layers.Layer):
         training: whether BatchNorms use (and update) batch statistics.
 
     Returns:
-        The outputs of the operations in ``computed_primitives`` (all but ``none``),
-        concatenated on channels in that order: (b, ceil(h / strides),
+        The outputs of the operations in ``computed_primitives`` (all but the zero
+        ops, ``none``), concatenated on channels in that order: (b, ceil(h / strides),
         ceil(w / strides), len(computed_primitives) * c).
 
     Example:
@@ -308,21 +210,36 @@ class CandidateOps(layers.Layer):
             raise ValueError(f"strides must be 1 or 2, got {strides!r}.")
         self.channels, self.strides, self.affine = int(channels), strides, affine
         self.primitives = check_primitives(primitives)
-        if strides == 2 and "skip_connect" in self.primitives and self.channels < 2:
-            raise ValueError(f"A stride-2 skip_connect (factorized reduce) needs channels "
+        forms = {p: get_primitive(p).fused for p in self.primitives}
+        self._sizes = {p: form.size for p, form in forms.items() if form is not None}
+
+        def of_kind(kind):
+            return [p for p, form in forms.items() if form is not None and form.kind == kind]
+
+        self._sep, self._dil = of_kind("sep_conv"), of_kind("dil_conv")
+        self._pools = {p: kind for kind in ("avg_pool", "max_pool") for p in of_kind(kind)}
+        skips, zeros = of_kind("skip"), of_kind("zero")
+        if len(skips) > 1:
+            raise ValueError(f"primitives may hold one skip connection, got {skips}.")
+        self._skip = skips[0] if skips else None
+        self._reduce = strides == 2 and self._skip is not None
+        if self._reduce and self.channels < 2:
+            raise ValueError(f"A stride-2 {self._skip} (factorized reduce) needs channels "
                              f">= 2, got channels={self.channels}.")
-        self.computed_primitives = tuple(p for p in self.primitives if p != "none")
-        self._sep = [p for p in self.primitives if p in _SEP_CONV]
-        self._dil = [p for p in self.primitives if p in _DIL_CONV]
-        self._reduce = strides == 2 and "skip_connect" in self.primitives
-        # Every op but identity and none ends in a BatchNorm.
-        self._normalised = [p for p in self.computed_primitives
-                            if not (p == "skip_connect" and strides == 1)]
-        self.feature_primitives = tuple(self._normalised) + tuple(
-            p for p in self.computed_primitives if p not in self._normalised) or ("none",)
-        """The op order of ``compute_candidates``' output: the ops that end in a
+        self.computed_primitives = tuple(p for p in self.primitives if p not in zeros)
+        self._per_op = [p for p, form in forms.items() if form is None]
+        # Every fused op but identity and the zero ops ends in a BatchNorm.
+        self._normalised = [p for p in self.computed_primitives if p not in self._per_op
+                            and not (p == self._skip and strides == 1)]
+        identity = [self._skip] if self._skip is not None and strides == 1 else []
+        self.feature_primitives = (tuple(self._normalised + identity + self._per_op)
+                                   or tuple(zeros[:1]))
+        """The op order of ``compute_candidates``' output: the fused ops that end in a
         BatchNorm, then identity (putting identity back between them would cost slices
-        of the activations and their gradients); ``none`` alone if nothing else."""
+        of the activations and their gradients), then the per-op layers' ops; the zero
+        op alone if nothing else."""
+        self.per_op_layers = [make_op(p, self.channels, strides, affine, name=p,
+                                      dtype=self.dtype_policy) for p in self._per_op]
         self._weights: dict[str, dict[str, keras.Variable]] = {}
 
     def fusion_key(self) -> tuple:
@@ -338,17 +255,17 @@ class CandidateOps(layers.Layer):
             raise ValueError(f"CandidateOps(channels={c}) got an input with "
                              f"{input_shape[-1]} channels.")
         for name in self._sep:
-            k = _SEP_CONV[name]
+            k = self._sizes[name]
             for stage in ("first", "second"):
                 self._add(name, f"{stage}_depthwise", (k, k, c, 1))
                 self._add(name, f"{stage}_pointwise", (1, 1, c, c))
         for name in self._dil:
-            k = _DIL_CONV[name]
+            k = self._sizes[name]
             self._add(name, "depthwise", (k, k, c, 1))
             self._add(name, "pointwise", (1, 1, c, c))
         if self._reduce:
-            self._add("skip_connect", "conv_1", (1, 1, c, c // 2))
-            self._add("skip_connect", "conv_2", (1, 1, c, c - c // 2))
+            self._add(self._skip, "conv_1", (1, 1, c, c // 2))
+            self._add(self._skip, "conv_2", (1, 1, c, c - c // 2))
         if self.affine:
             for name, prefix in self._affine_batch_norms():
                 self._add(name, f"{prefix}gamma", (c,), "ones")
@@ -359,12 +276,14 @@ class CandidateOps(layers.Layer):
         if self._normalised:
             self.bn_moving_mean, self.bn_moving_variance = self._add_statistics(
                 "bn", len(self._normalised) * c)
+        for layer in self.per_op_layers:
+            layer.build(tuple(input_shape))
 
     def _affine_batch_norms(self):
         """(op, variable prefix) of every affine BatchNorm (all but the pools')."""
         return ([(p, stage) for p in self._sep for stage in ("first_", "second_")]
                 + [(p, "") for p in self._dil]
-                + ([("skip_connect", "")] if self._reduce else []))
+                + ([(self._skip, "")] if self._reduce else []))
 
     def _add(self, primitive, part, shape, initializer="glorot_uniform"):
         # BatchNorm's gamma and beta stay float32 under mixed precision, as in keras.
@@ -383,10 +302,14 @@ class CandidateOps(layers.Layer):
 
     def op_weights(self, primitive: str) -> dict[str, keras.Variable]:
         """The trainable variables of one operation, by part name (see the class
-        docstring); empty for parameter-free operations."""
+        docstring; a per-op layer's by variable path); empty for parameter-free
+        operations."""
         if primitive not in self.primitives:
             raise ValueError(f"{primitive!r} is not one of this layer's primitives "
                              f"{list(self.primitives)}.")
+        if primitive in self._per_op:
+            layer = self.per_op_layers[self._per_op.index(primitive)]
+            return {v.path: v for v in layer.trainable_variables}
         return dict(self._weights.get(primitive, {}))
 
     def call(self, x, training=None):
@@ -460,16 +383,15 @@ class _Fused:
         if f._dil:
             outputs.update(self._by_op(f._dil, self._dil_convs(relu, h, w)))
         if f._reduce:
-            outputs["skip_connect"] = (self._factorized_reduce(relu, h, w), 0, width)
-        if "avg_pool_3x3" in f.primitives:
-            padding = ((0, 0), same_padding(h, 3, s), same_padding(w, 3, s), (0, 0))
-            pooled = ops.average_pool(ops.pad(x, padding), 3, s, padding="valid")
-            scale = ops.convert_to_tensor(_real_pixel_scale(h, w, s), dtype=pooled.dtype)
-            outputs["avg_pool_3x3"] = (pooled * scale, 0, width)
-        if "max_pool_3x3" in f.primitives:
-            outputs["max_pool_3x3"] = (max_pool(x, 3, s), 0, width)
+            outputs[f._skip] = (self._factorized_reduce(relu, h, w), 0, width)
+        for p, kind in f._pools.items():
+            outputs[p] = (self._pool(x, kind, f._sizes[p]), 0, width)
+        for index, p in enumerate(f._per_op):
+            outputs[p] = (_concat([layer.per_op_layers[index](part, training=self.training)
+                                   for layer, part in zip(self.layers, self._per_edge(x))]),
+                          0, width)
 
-        identity = s == 1 and "skip_connect" in f.primitives
+        identity = s == 1 and f._skip is not None
         if f._normalised:
             # The identity's channels ride along unchanged after the normalised ones,
             # so that the features are this one tensor (see _batch_norm).
@@ -478,16 +400,31 @@ class _Fused:
                                       + ([(x, 0, width)] if identity else [])),
                 [(layer.bn_moving_mean, layer.bn_moving_variance) for layer in self.layers],
                 op_major=True,
-                affine=[(p, None if p in _POOLS else "second_" if p in _SEP_CONV else "")
+                affine=[(p, None if p in f._pools else "second_" if p in f._sep else "")
                         for p in f._normalised],
                 passthrough=width if identity else 0, output_kept=True)
-            outputs.update(self._by_op(f._normalised + ["skip_connect"] * identity,
-                                       normalised))
+            outputs.update(self._by_op(f._normalised + [f._skip] * identity, normalised))
         elif identity:
-            outputs["skip_connect"] = (x, 0, width)
+            outputs[f._skip] = (x, 0, width)
         if not f.computed_primitives:  # `none` alone: its zeros
             return ops.zeros_like(x[:, ::s, ::s, :])
         return concat_channel_ranges([outputs[p] for p in f.feature_primitives])
+
+    def _per_edge(self, x):
+        """The layers' inputs: channels ``e * c .. (e + 1) * c`` of ``x`` for layer e."""
+        c = self.c
+        return [x] if self.edges == 1 else [x[..., e * c:(e + 1) * c]
+                                            for e in range(self.edges)]
+
+    def _pool(self, x, kind, size):
+        """A "same" pool of every channel; the average counts real pixels only."""
+        s, h, w = self.s, x.shape[1], x.shape[2]
+        if kind == "max_pool":
+            return max_pool(x, size, s)
+        padding = ((0, 0), same_padding(h, size, s), same_padding(w, size, s), (0, 0))
+        pooled = ops.average_pool(ops.pad(x, padding), size, s, padding="valid")
+        scale = _real_pixel_scale(h, w, size, s)
+        return pooled * ops.convert_to_tensor(scale, dtype=pooled.dtype)
 
     def _by_op(self, names, tensor):
         """{op: its channel range} of an op-major tensor of the ops ``names``."""
@@ -528,7 +465,7 @@ class _Fused:
     def _sep_convs(self, relu):
         """The separable convolutions, channels (op, e, j)."""
         names, c, edges = self.first._sep, self.c, self.edges
-        size = max(_SEP_CONV[n] for n in names)
+        size = max(self.first._sizes[n] for n in names)
         y = depthwise_conv(relu, self._depthwise_kernel(names, "first_depthwise", size),
                            strides=self.s)
         y = self._pointwise(y, names, "first_pointwise", "eig", "egj")
@@ -547,7 +484,7 @@ class _Fused:
     def _dil_convs(self, relu, h, w):
         """The dilated convolutions, channels (op, e, j)."""
         names = self.first._dil
-        size = max(_DIL_CONV[n] for n in names)
+        size = max(self.first._sizes[n] for n in names)
         kernel = self._depthwise_kernel(names, "depthwise", size)
         if self.s == 1:
             y = depthwise_conv(relu, kernel, dilation_rate=_DILATION)
@@ -569,7 +506,7 @@ class _Fused:
             odd = ops.pad(odd, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
         halves = []
         for part, before, after in (("conv_1", 0, c - c // 2), ("conv_2", c // 2, 0)):
-            kernel = _block_kernel(_stack(self.weights("skip_connect", part)), self.edges,
+            kernel = _block_kernel(_stack(self.weights(self.first._skip, part)), self.edges,
                                    "egi", "egj")
             halves.append(ops.pad(ops.reshape(kernel, (self.edges, c, self.edges, -1)),
                                   ((0, 0), (0, 0), (0, 0), (before, after))))

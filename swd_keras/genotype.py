@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from keras import ops
 
-from swd_keras.ops import PARAMETER_FREE, PRIMITIVES, check_primitives
+from swd_keras.ops import OPS, PARAMETER_FREE, PRIMITIVES, check_primitives
 from swd_keras.runs import atomic_write_json
 
 GENOTYPE_FORMAT = "swd-keras/genotype@1"
@@ -98,9 +98,10 @@ class CellGenotype:
             if isinstance(edge, (str, bytes)) or not hasattr(edge, "__len__") or len(edge) != 2:
                 raise GenotypeError(f"edge {position} must be an (op, input) pair, got {edge!r}.")
             op, index = edge
-            if op not in PRIMITIVES:
+            if op not in OPS:
                 raise GenotypeError(
-                    f"edge {position}: unknown op {op!r}; allowed: {list(PRIMITIVES)}.")
+                    f"edge {position}: unknown op {op!r}; allowed: {list(OPS)} (the "
+                    f"registered ones; import the module that registers others first).")
             index = _as_index(index, f"edge {position} input index")
             if not 0 <= index < node + 2:
                 raise GenotypeError(
@@ -131,7 +132,8 @@ class CellGenotype:
 
     @property
     def parameter_free_count(self) -> int:
-        """How many of the 8 ops have no weights at stride 1 (``PARAMETER_FREE``)."""
+        """How many of the 8 ops have no weights at stride 1 (``PARAMETER_FREE``: the
+        built-in ones and those registered with ``parameter_free=True``)."""
         return sum(op in PARAMETER_FREE for op, _ in self.edges)
 
     def to_dict(self) -> dict[str, Any]:

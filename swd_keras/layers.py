@@ -8,6 +8,7 @@ Example:
 """
 
 from swd_keras.attention import ChannelAttention, LowerAttention, UpperAttention, select_channels
+from swd_keras.edge_group import EdgeGroup
 from swd_keras.mixed_op import SWDMixedOp
 from swd_keras.ops import (
     DilConv,
@@ -21,7 +22,7 @@ from swd_keras.ops import (
 from swd_keras.search_cell import ArchitectureAlphas, SearchCell
 
 __all__ = [
-    "ArchitectureAlphas", "ChannelAttention", "DilConv", "FactorizedReduce", "Identity",
-    "LowerAttention", "Pool", "ReLUConvBN", "SWDMixedOp", "SearchCell", "SepConv",
-    "UpperAttention", "Zero", "select_channels",
+    "ArchitectureAlphas", "ChannelAttention", "DilConv", "EdgeGroup", "FactorizedReduce",
+    "Identity", "LowerAttention", "Pool", "ReLUConvBN", "SWDMixedOp", "SearchCell",
+    "SepConv", "UpperAttention", "Zero", "select_channels",
 ]

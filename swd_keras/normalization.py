@@ -11,14 +11,18 @@ output is kept anyway, for the gradient of the lower attention's weighting, so t
 input need not be: 23 -> 19 MB per image of kept activations at the paper's settings
 (docs/BENCHMARKS.md). Channels with ``mask`` 0 pass through unchanged, so that an
 edge's features (its normalised ops and its identity) are one tensor, kept once.
+
+Each backend states the custom gradient in its own terms
+(``swd_keras/backend/<name>/normalization.py``); the formula is ``input_gradient``.
 """
 
 from __future__ import annotations
 
 import functools
 
-import keras
 from keras import ops
+
+from swd_keras import backend
 
 
 def normalize_from_output(x, scale, shift, mask):
@@ -38,81 +42,30 @@ def normalize_from_output(x, scale, shift, mask):
         (with ``scale`` and ``shift`` depending on ``x``) on the masked channels and the
         identity's on the others; ``scale``, ``shift`` and ``mask`` get none.
     """
-    return _IMPLEMENTATIONS[keras.backend.backend()]()(x, scale, shift, mask)
+    return _backend_normalization().normalize_from_output(x, scale, shift, mask)
 
 
-def _input_gradient(output, scale, mask, grad):
-    """dL/dx from the normalised ``output`` and ``grad`` = dL/d(output)."""
+@functools.cache
+def _backend_normalization():
+    return backend.module("normalization")
+
+
+def input_gradient(output, scale, mask, grad):
+    """dL/dx from the normalised ``output`` and ``grad`` = dL/d(output), the backward
+    pass of every backend's ``normalize_from_output``.
+
+    Args:
+        output: (b, h, w, c) the forward output ``x * scale + shift``.
+        scale: (c,) the forward ``scale``.
+        mask: (c,) or None, as ``normalize_from_output``'s.
+        grad: (b, h, w, c) the upstream gradient.
+
+    Returns:
+        (b, h, w, c) the gradient with respect to ``x``.
+    """
     axes = tuple(range(len(grad.shape) - 1))
     mean_grad = ops.mean(grad, axis=axes)
     mean_projection = ops.mean(grad * output, axis=axes)
     if mask is not None:
         mean_grad, mean_projection = mean_grad * mask, mean_projection * mask
     return (grad - mean_grad - output * mean_projection) * scale
-
-
-@functools.cache
-def _tensorflow():
-    import tensorflow as tf
-
-    def normalize(x, scale, shift, mask):
-        @tf.custom_gradient
-        def forward(x):
-            output = x * scale + shift
-            return output, lambda grad: _input_gradient(output, scale, mask, grad)
-
-        return forward(x)
-
-    return normalize
-
-
-@functools.cache
-def _jax():
-    import jax
-
-    @jax.custom_vjp
-    def normalize(x, scale, shift, mask):
-        return x * scale + shift
-
-    def forward(x, scale, shift, mask):
-        output = x * scale + shift
-        return output, (output, scale, mask)
-
-    def backward(residuals, grad):
-        output, scale, mask = residuals
-        zeros = jax.numpy.zeros_like(scale)
-        return (_input_gradient(output, scale, mask, grad), zeros, zeros,
-                None if mask is None else zeros)
-
-    normalize.defvjp(forward, backward)
-    return normalize
-
-
-@functools.cache
-def _torch():
-    import torch
-
-    class Normalize(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, scale, shift, mask):
-            output = x * scale + shift
-            ctx.save_for_backward(output, scale, mask)
-            return output
-
-        @staticmethod
-        def backward(ctx, grad):
-            # _input_gradient's formula, with one full-size temporary instead of four:
-            # PyTorch runs eagerly, and under --remat these temporaries set the peak.
-            output, scale, mask = ctx.saved_tensors
-            axes = tuple(range(grad.dim() - 1))
-            mean_grad = grad.mean(axes)
-            mean_projection = (grad * output).mean(axes)
-            if mask is not None:
-                mean_grad, mean_projection = mean_grad * mask, mean_projection * mask
-            result = torch.addcmul(grad, output, mean_projection, value=-1.0)
-            return result.sub_(mean_grad).mul_(scale), None, None, None
-
-    return Normalize.apply
-
-
-_IMPLEMENTATIONS = {"tensorflow": _tensorflow, "jax": _jax, "torch": _torch}

@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import keras
-import numpy as np
 from keras import ops
-from keras.src.utils import tracking
-
-
-def _flatten(tensors: Sequence):
-    """The tensors' values as one float32 vector."""
-    parts = [ops.reshape(ops.cast(t, "float32"), (-1,)) for t in tensors]
-    return parts[0] if len(parts) == 1 else ops.concatenate(parts)
 
 
 @keras.saving.register_keras_serializable(package="swd_keras")
@@ -51,48 +43,18 @@ class TorchSGD(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(var_list)
-        sizes = [math.prod(v.shape) for v in var_list]
-        self._offsets = tuple(np.cumsum([0] + sizes).tolist())
-        # One flat float32 buffer for all variables: the update below is a handful of
-        # operations on one vector instead of ~20 per variable (a search network has
-        # ~1,500 variables, and the per-variable graph was a third of the train step).
-        self.momentum_buffer = self.add_variable((sum(sizes),), dtype="float32",
-                                                 name="momentum")
+        self.momentum_buffers = self.add_optimizer_variables(var_list, "momentum")
 
-    def _clip_gradients(self, grads):
-        if self._clips_flat_gradient:
-            return grads  # clipped as one vector in _backend_update_step
-        return super()._clip_gradients(grads)
-
-    @property
-    def _clips_flat_gradient(self) -> bool:
-        return bool(self.global_clipnorm) and not (self.clipnorm or self.clipvalue)
-
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        """``torch.optim.SGD.step`` on the variables' concatenated values."""
-        grad, value = _flatten(grads), _flatten(trainable_variables)
-        if self._clips_flat_gradient:  # keras' clip_by_global_norm, on one vector
-            norm = ops.sqrt(ops.sum(ops.square(grad)))
-            scale = self.global_clipnorm * ops.minimum(1.0 / norm, 1.0 / self.global_clipnorm)
-            grad = grad * (scale + (norm - norm))  # NaN for a non-finite norm, as keras
+    def update_step(self, gradient, variable, learning_rate):
+        """``torch.optim.SGD.step`` for one variable; Keras' ``apply`` has clipped
+        ``gradient`` already (``global_clipnorm``), as ``clip_grad_norm_`` does before
+        the step, and calls this only for the variables that have a gradient."""
+        buffer = self.momentum_buffers[self._get_variable_index(variable)]
+        gradient = ops.cast(gradient, variable.dtype)
         if self.l2:
-            grad = grad + self.l2 * value
-        positions = [self._get_variable_index(v) for v in trainable_variables]
-        buffer = self.momentum_buffer
-        if positions == list(range(len(self._offsets) - 1)):  # all, in build order
-            momentum = self.momentum * buffer + grad
-            self.assign(buffer, momentum)
-        else:  # a subset (some gradients were None): torch leaves the others alone
-            index = np.concatenate([np.arange(self._offsets[p], self._offsets[p + 1])
-                                    for p in positions])
-            momentum = self.momentum * ops.take(buffer, index) + grad
-            self.assign(buffer, ops.scatter_update(buffer, index[:, None], momentum))
-        updated = value - ops.cast(learning_rate, "float32") * momentum
-        sizes = [math.prod(v.shape) for v in trainable_variables]
-        pieces = ops.split(updated, np.cumsum(sizes)[:-1].tolist()) if len(sizes) > 1 else [
-            updated]
-        for variable, piece in zip(trainable_variables, pieces):
-            self.assign(variable, ops.cast(ops.reshape(piece, variable.shape), variable.dtype))
+            gradient = gradient + self.l2 * variable
+        self.assign(buffer, self.momentum * buffer + gradient)
+        self.assign_sub(variable, ops.cast(learning_rate, variable.dtype) * buffer)
 
     def get_config(self):
         config = super().get_config()
@@ -121,7 +83,6 @@ class BilevelOptimizer(keras.optimizers.Optimizer):
         self.attention_optimizer = attention_optimizer
         self._is_attention = is_attention
 
-    @tracking.no_automatic_dependency_tracking
     def build(self, var_list):
         if self.built:
             return
@@ -133,13 +94,6 @@ class BilevelOptimizer(keras.optimizers.Optimizer):
     def variables(self):
         return (self._variables + self.weights_optimizer.variables
                 + self.attention_optimizer.variables)
-
-    def split_variables(self, optimizer_variables: list) -> tuple[list, list, list]:
-        """Splits a list ordered like ``variables`` into (own, weights', attention's)."""
-        own = len(self._variables)
-        weights = own + len(self.weights_optimizer.variables)
-        return (list(optimizer_variables[:own]), list(optimizer_variables[own:weights]),
-                list(optimizer_variables[weights:]))
 
     def apply(self, grads, trainable_variables=None):
         raise NotImplementedError(

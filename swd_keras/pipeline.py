@@ -39,15 +39,19 @@ import keras
 
 from swd_keras.genotype import CellGenotype, Genotype, default_reduction_indices
 from swd_keras.network import stacking_plan
-from swd_keras.runs import atomic_write_json
-from swd_keras.search_job import SearchConfig, collapse_report, is_run_folder, run_search
+from swd_keras.runs import (
+    RunConfig,
+    atomic_write_json,
+    check_backend,
+    completed_epochs,
+    is_run_folder,
+)
+from swd_keras.search_job import SearchConfig, collapse_report, run_search
 from swd_keras.training import (
-    CONFIG_FILE,
     MODEL_FILE,
     RESULTS_FILE,
     RetrainConfig,
     fit_network,
-    latest_checkpoint,
     retrain_defaults,
 )
 
@@ -81,8 +85,8 @@ _PIPELINE_FIELDS = {"search": ("dataset", "data_dir", "seed"),
 
 
 @dataclasses.dataclass(frozen=True)
-class PipelineConfig:
-    """The settings of a pipeline run: one per stage.
+class PipelineConfig(RunConfig):
+    """The settings of a pipeline run: one per stage, validated when made.
 
     Args:
         search: the search settings (``SearchConfig``); its ``dataset``, ``data_dir``
@@ -136,13 +140,13 @@ class PipelineConfig:
         return self
 
     def to_json(self) -> dict[str, Any]:
-        return {"search": self.search.to_json(), "retrain": dataclasses.asdict(self.retrain),
+        return {"search": self.search.to_json(), "retrain": self.retrain.to_json(),
                 "name": self.name, "version": self.version}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PipelineConfig:
-        return cls(SearchConfig.from_json(data["search"]), RetrainConfig(**data["retrain"]),
-                   data["name"], data["version"])
+        return cls(SearchConfig.from_json(data["search"]),
+                   RetrainConfig.from_json(data["retrain"]), data["name"], data["version"])
 
 
 def _searched_layout(search: SearchConfig) -> Genotype:
@@ -198,13 +202,13 @@ def pipeline_config(dataset: str, *, seed: int = 0, data_dir: str | None = None,
                                  f"allowed: {sorted(fields - set(_PIPELINE_FIELDS[stage]))}.")
         stages[stage] = {**defaults.get(stage, {}), **given}
     search_config = SearchConfig(dataset=dataset, data_dir=data_dir, seed=seed,
-                                 **stages["search"]).validate()
+                                 **stages["search"])
     paper = {key: value for key, value in retrain_defaults(dataset).items()
              if key not in stages["retrain"]}
     retrain_config = RetrainConfig(SEARCHED_GENOTYPE, dataset, seed=seed, **paper,
                                    **stages["retrain"])
     return PipelineConfig(search_config, retrain_config, name or f"swd_nas_{dataset}",
-                          version).validate()
+                          version)
 
 
 # -- the state file ---------------------------------------------------------------------
@@ -347,16 +351,13 @@ def run_pipeline(config: PipelineConfig | None = None, run_dir: str | Path = "ru
     else:
         if config is None:
             raise ValueError("config is required for a new run (see pipeline_config).")
-        config.validate()
     try:
         check_export_backend()
     except ExportError as error:
         raise ValueError(f"the export stage cannot run here: {error}") from None
     if not resume:
         state = _start(run_dir, config, overwrite, echo)
-    if state["backend"] != keras.backend.backend():
-        raise ValueError(f"{run_dir} was started on the {state['backend']} backend; continue it "
-                         f"there (--backend {state['backend']}), its checkpoints belong to it.")
+    check_backend(state["backend"], run_dir)
 
     skipped = tuple(stage for stage in STAGES if stage in state["finished"])
     if skipped:
@@ -392,15 +393,15 @@ def _train_stage(run_dir: Path, config: PipelineConfig, state: dict,
     if "train" in state["finished"]:
         return json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))
     started = time.time()
-    resuming = (folder / CONFIG_FILE).is_file()
+    resuming = is_run_folder(folder)
     if resuming:
-        done, _ = latest_checkpoint(folder)
+        done = completed_epochs(folder)
         echo(f"== stage 2/3: retrain (resumed after epoch {done} of "
              f"{config.retrain.epochs}), {folder}")
         retrain = None
     else:
-        # fit_network writes config.json before anything else: a folder without it was
-        # left by a start killed within its first seconds and holds nothing to resume.
+        # fit_network writes config.json before its first epoch: a folder without it was
+        # left by a start killed before then and holds nothing to resume.
         if folder.exists():
             shutil.rmtree(folder)
         echo(f"== stage 2/3: retrain ({config.retrain.layers} cells, C={config.retrain.channels}"

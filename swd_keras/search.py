@@ -1,7 +1,19 @@
 """SWDSearchModel: the supernet trained by a bilevel ``train_step`` (SPEC §3-4).
 
-Only this module's choice of step module knows which backend runs; the step bodies
-live in ``swd_keras/backend/``.
+The step's algorithm is written once, here (``search_step``), against a small
+interface that each backend's ``swd_keras/backend/<name>/trainer.py`` implements:
+
+    loss_and_gradients(model, x, y, variables)
+        ``(loss, logits, edge_weights, gradients)`` of a training-mode pass, the
+        gradients with respect to ``variables`` only;
+    no_gradient()
+        a context for passes and updates that need no gradient;
+    train_step(model, *args), test_step(model, *args)
+        how the backend runs a step: stateful ``(data)`` on TensorFlow and PyTorch,
+        stateless ``(state, data)`` on JAX, which holds the state in a
+        ``keras.StatelessScope`` around the same algorithm;
+    fit_scope(model), make_train_function(model, keras_function)
+        optional: settings while ``fit`` runs, and the backend's own train function.
 """
 
 from __future__ import annotations
@@ -128,14 +140,13 @@ class SWDSearchModel(keras.Model):
         optimizer.build(self.trainable_variables)
 
     def accumulate_edge_weights(self, edge_weights) -> None:
-        """Adds one validation pass's edge weights to the epoch's running mean (the
-        stateful TensorFlow and PyTorch steps; the JAX step threads the state itself)."""
+        """Adds one validation pass's edge weights to the epoch's running mean."""
         self.edge_weight_sum.assign_add(edge_weights)
         self.edge_weight_count.assign_add(1.0)
 
     def record_metrics(self, loss, y, logits, arch_loss=None) -> dict:
-        """Updates the trackers (stateful steps) and returns the step's logs; without
-        ``arch_loss`` (evaluation) only loss and accuracy."""
+        """Updates the trackers and returns the step's logs; without ``arch_loss``
+        (evaluation) only loss and accuracy."""
         self.loss_tracker.update_state(loss)
         self.accuracy_tracker.update_state(y, logits)
         if arch_loss is None:
@@ -143,8 +154,45 @@ class SWDSearchModel(keras.Model):
         self.arch_loss_tracker.update_state(arch_loss)
         return {m.name: m.result() for m in self.metrics}
 
+    # -- the step, written once for every backend ------------------------------------
+
+    def search_step(self, data) -> dict:
+        """One step of the search (SPEC §4; see the class docstring) on ``data``, a
+        pair of (x, y) batches (training, validation), however Keras packs it: from
+        ``fit`` on pairs, or ``train_on_batch(pair)``, which adds empty ``y`` and
+        ``sample_weight``. Returns the step's logs."""
+        (x_train, y_train), (x_val, y_val) = _train_and_validation(data)
+        step, optimizer = self._step, self.optimizer
+        if self.mode == "bilevel":
+            variables = self.attention_variables
+            arch_loss, _, edge_weights, grads = step.loss_and_gradients(
+                self, x_val, y_val, variables)
+            with step.no_gradient():
+                optimizer.attention_optimizer.apply(grads, variables)
+        else:
+            with step.no_gradient():
+                logits, edge_weights = self(x_val, training=True)
+                arch_loss = self.search_loss(y_val, logits)
+        with step.no_gradient():
+            self.accumulate_edge_weights(edge_weights)
+        variables = self.weight_variables if self.mode == "bilevel" else self.trainable_variables
+        loss, logits, _, grads = step.loss_and_gradients(self, x_train, y_train, variables)
+        with step.no_gradient():
+            optimizer.weights_optimizer.apply(grads, variables)
+            return self.record_metrics(loss, y_train, logits, arch_loss)
+
+    def evaluation_step(self, data) -> dict:
+        """Loss and accuracy of an inference-mode pass on ``data``'s (x, y)."""
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        with self._step.no_gradient():
+            logits, _ = self(x, training=False)
+            return self.record_metrics(self.search_loss(y, logits), y, logits)
+
     def train_step(self, *args):
         return self._step.train_step(self, *args)
+
+    def test_step(self, *args):
+        return self._step.test_step(self, *args)
 
     def make_train_function(self, force=False):
         """Keras' train function, or the backend's own where it has one (TensorFlow:
@@ -156,9 +204,6 @@ class SWDSearchModel(keras.Model):
         if make is not None:
             self.train_function = make(self, self.train_function)
         return self.train_function
-
-    def test_step(self, *args):
-        return self._step.test_step(self, *args)
 
     # -- edge weights and the genotype -----------------------------------------------
 
@@ -200,6 +245,12 @@ class SWDSearchModel(keras.Model):
         primitives = self.supernet.get_layer("cell_0").primitives
         return derive_genotype(weights, reductions=reductions, normalize=normalize,
                                primitives=primitives)
+
+
+def _train_and_validation(data):
+    """``((x_train, y_train), (x_val, y_val))`` from a step's ``data``."""
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+    return x if y is None else (x, y)
 
 
 class ResetEdgeWeights(keras.callbacks.Callback):

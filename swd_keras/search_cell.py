@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import keras
 from keras import layers, ops
 
-from swd_keras.mixed_op import SWDMixedOp, call_edges
+from swd_keras.edge_group import EdgeGroup
+from swd_keras.mixed_op import SWDMixedOp
 from swd_keras.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, check_primitives
 from swd_keras.rematerialize import call_rematerialized, group_size
 
@@ -23,11 +24,24 @@ def edge_inputs(steps: int = STEPS) -> list[int]:
     return [j for i in range(steps) for j in range(2 + i)]
 
 
+def _ready_edges(steps: int = STEPS) -> list[list[int]]:
+    """Per intermediate node, the edges whose input is known before it is computed:
+    those leaving the two cell inputs first, then those leaving each new node."""
+    # Before node i is computed, state i + 1 is new (for node 0: both cell inputs).
+    new = [{0, 1}] + [{node + 1} for node in range(1, steps)]
+    return [[e for e, source in enumerate(edge_inputs(steps)) if source in new[node]]
+            for node in range(steps)]
+
+
 @keras.saving.register_keras_serializable(package="swd_keras")
 class SearchCell(layers.Layer):
     """A search cell: preprocess the two inputs, then 14 ``SWDMixedOp`` edges.
 
     Every search cell has its own edges and so its own attention and architecture.
+    The edges are computed in ``EdgeGroup``s (``groups``): every edge whose input is
+    known is computed with the others ready at that point (the 8 edges leaving the
+    cell inputs, then 3, 2 and 1 leaving each new node), so that one group's graph is
+    little larger than one edge's.
 
     Args:
         channels: ``C``, the channels of every node.
@@ -36,9 +50,9 @@ class SearchCell(layers.Layer):
         reduction_prev: whether the previous cell halved the resolution (then ``s0``
             is factorized-reduced to match ``s1``).
         primitives: candidate operation names.
-        rematerialize: in training, recompute each group of edges (see ``call``) for
-            its gradient instead of keeping its activations (``call_rematerialized``):
-            less memory for more compute; the same values and gradients.
+        rematerialize: in training, recompute each group of edges for its gradient
+            instead of keeping its activations (``call_rematerialized``): less memory
+            for more compute; the same values and gradients.
         **edge_options: passed to every ``SWDMixedOp`` (``k``, ``ua_pooling``,
             ``la_pooling``, ``upper_attention``, ``lower_attention``,
             ``shared_alphas``, ...).
@@ -78,6 +92,18 @@ class SearchCell(layers.Layer):
                        primitives=self.primitives, name=f"edge_{index}", **self.edge_options)
             for index, source in enumerate(edge_inputs())
         ]
+        self.groups, self._schedule = [], []
+        for node, members in enumerate(_ready_edges()):
+            # A group, not a cell, is the unit of recomputation: the 8 edges leaving
+            # the cell inputs hold most of a cell's activations (docs/BENCHMARKS.md).
+            size = group_size(len(members)) if rematerialize else len(members)
+            for chunk in (members[i:i + size] for i in range(0, len(members), size)):
+                used = sorted({edge_inputs()[e] for e in chunk})
+                self.groups.append(EdgeGroup(
+                    [self.edges[e] for e in chunk],
+                    [used.index(edge_inputs()[e]) for e in chunk],
+                    name=f"group_{len(self.groups)}"))
+                self._schedule.append((node, chunk, used))
 
     def build(self, s0_shape, s1_shape=None):
         s1_shape = s0_shape if s1_shape is None else s1_shape
@@ -86,28 +112,23 @@ class SearchCell(layers.Layer):
         node_shape = tuple(s1_shape[:3]) + (self.channels,)
         for edge in self.edges:
             edge.build(node_shape)
+        for group, (_, _, used) in zip(self.groups, self._schedule):
+            group.build([node_shape] * len(used))
 
     def call(self, s0, s1, edge_weights=None, training=None):
         states = [self.preprocess0(s0, training=training),
                   self.preprocess1(s1, training=training)]
-        sources, results = edge_inputs(), [None] * NUM_EDGES
+        results = [None] * NUM_EDGES
         first = 0  # the first edge of the next node
         for node in range(STEPS):
-            # Every edge leaving a known state is computed now, together (the 8 edges
-            # leaving the cell inputs, then 3, 2 and 1 leaving each new node): one
-            # group's graph is little larger than one edge's (``call_edges``).
-            ready = [e for e, source in enumerate(sources)
-                     if source < len(states) and results[e] is None]
-            size = len(ready)
-            if self.rematerialize and training:
-                size = group_size(size)
-            for chunk in (ready[i:i + size] for i in range(0, len(ready), size)):
-                outputs = self._call_group(
-                    [self.edges[e] for e in chunk], [sources[e] for e in chunk], states,
-                    None if edge_weights is None else [edge_weights[e] for e in chunk],
-                    training)
-                for e, output in zip(chunk, outputs):
-                    results[e] = output
+            for group, (ready_at, chunk, used) in zip(self.groups, self._schedule):
+                if ready_at == node:
+                    weights = (None if edge_weights is None
+                               else [edge_weights[e] for e in chunk])
+                    outputs = self._call_group(group, [states[s] for s in used], weights,
+                                               training)
+                    for e, output in zip(chunk, outputs):
+                        results[e] = output
             node_value = 0
             for e in range(first, first + 2 + node):
                 node_value = node_value + results[e][0]
@@ -116,24 +137,20 @@ class SearchCell(layers.Layer):
         return (ops.concatenate(states[2:], axis=-1),
                 ops.stack([atten for _, atten in results], axis=0))
 
-    def _call_group(self, edges, sources, states, weights, training):
-        """``call_edges``, rematerialized if asked. A group, not a cell, is the unit:
-        the 8 edges leaving the cell inputs hold most of a cell's activations, and
-        per cell the peak fell by 0.36 GB against 0.44 GB per group
-        (docs/BENCHMARKS.md)."""
+    def _call_group(self, group, inputs, weights, training):
+        """The group's edges, recomputed for their gradient if asked."""
         if not (self.rematerialize and training):
-            return call_edges(edges, [states[s] for s in sources], weights, training=training)
-        used = sorted(set(sources))
+            return group(inputs, edge_weights=weights, training=training)
+        count = len(inputs)
 
         def forward(*tensors):
-            by_source = dict(zip(used, tensors))
-            return call_edges(edges, [by_source[s] for s in sources],
-                              list(tensors[len(used):]) or None, training=training)
+            return group(list(tensors[:count]), edge_weights=list(tensors[count:]) or None,
+                         training=training)
 
         return call_rematerialized(
-            forward, [states[s] for s in used] + list(weights or []),
-            [v for e in edges for v in e.variables],
-            [v for e in edges for v in e.non_trainable_variables])
+            forward, inputs + list(weights or []),
+            [v for e in group.edges for v in e.variables],
+            [v for e in group.edges for v in e.non_trainable_variables])
 
     def compute_output_spec(self, s0, s1, edge_weights=None, training=None):
         # Declared rather than traced: tracing 14 edges x n ops symbolically costs

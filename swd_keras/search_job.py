@@ -1,37 +1,51 @@
 """A whole search run: config, data, model, epochs, checkpoints, genotypes, resume.
 
-The run folder holds ``config.json``, ``checkpoint.npz`` (the last completed epoch:
-model, both optimizers, edge-weight accumulators, history, genotypes), ``history.csv``,
-``genotypes.jsonl`` (one line per epoch), ``genotype.json`` and ``genotype.png`` (the
-latest), and ``logs/`` (TensorBoard). Every file is written atomically, so a run killed
-at any moment resumes from its last completed epoch and ends with the genotype an
-unbroken run gives.
+The run folder (``swd_keras.runs``) holds ``config.json`` (the record), ``checkpoint.npz``
+(the last completed epoch: model, both optimizers, edge-weight accumulators, history,
+genotypes), ``history.csv``, ``genotypes.jsonl`` (one line per epoch), ``genotype.json``
+and ``genotype.png`` (the latest), and ``logs/`` (TensorBoard). Every file is written
+atomically, so a run killed at any moment resumes from its last completed epoch and ends
+with the genotype an unbroken run gives.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from swd_keras.genotype import Genotype
-from swd_keras.runs import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from swd_keras.runs import (
+    CHECKPOINT_FILE,
+    RunCallback,
+    RunConfig,
+    RunDiverged,
+    atomic_write_text,
+    check_new_run_folder,
+    checkpoint_state,
+    completed_epochs,
+    load_checkpoint,
+    non_finite,
+    read_run,
+    resume_run,
+    start_run,
+)
 
-CONFIG_FILE, CHECKPOINT_FILE = "config.json", "checkpoint.npz"
 PRECISIONS = ("float32", "mixed_bfloat16")
 """Compute dtypes of the search. float16 would need loss scaling inside the two-optimizer
 step; bfloat16 keeps float32's range and needs none (GPUs from Ampere on, recent CPUs)."""
 
 
-@dataclasses.dataclass
-class SearchConfig:
-    """Every setting of a search; the defaults are the paper's (SPEC §1-4)."""
+@dataclasses.dataclass(frozen=True)
+class SearchConfig(RunConfig):
+    """Every setting of a search; the defaults are the paper's (SPEC §1-4).
+
+    Validated when made (``validate``): a bad setting raises a ValueError naming it.
+    """
 
     dataset: str = "cifar10"
     data_dir: str | None = None
@@ -58,11 +72,21 @@ class SearchConfig:
     precision: str = "float32"
     remat: bool | str = "auto"
     limit: int | None = None
-    backend: str | None = None
+    primitives: tuple[str, ...] | None = None
+    """The candidate operations (default: the paper's 8, ``swd_keras.ops.PRIMITIVES``)."""
+    primitives_module: str | None = None
+    """A module or ``.py`` file that registers users' primitives
+    (``swd_keras.ops.import_primitives``); imported again when the run resumes."""
+
+    def __post_init__(self) -> None:
+        if self.primitives is not None:  # JSON gives a list; a tuple keeps the config hashable
+            object.__setattr__(self, "primitives", tuple(self.primitives))
+        super().__post_init__()
 
     def validate(self) -> SearchConfig:
         """Raises a ValueError naming the first bad setting; returns self."""
         from swd_keras.data import DATASETS
+        from swd_keras.ops import check_primitives, import_primitives
         from swd_keras.search import MODES
         from swd_keras.supernet import METHODS, REMATERIALIZE, check_channels
 
@@ -93,46 +117,28 @@ class SearchConfig:
                 raise ValueError(message + ".")
         check_channels(self.channels, self.k, self.layers,
                        self.upper_attention and self.method != "darts")
+        if self.primitives_module is not None:
+            import_primitives(self.primitives_module)
+        if self.primitives is not None:
+            check_primitives(self.primitives)
         return self
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> SearchConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in fields})
 
 
 def resolve_remat(remat: bool | str) -> bool | str:
-    """``build_supernet``'s ``rematerialize`` for a config's ``remat``: ``"auto"`` is
-    ``"first-stage"`` on TensorFlow, where it brings the paper's search step from 2.57
-    to 2.03 GB for a 1.3x longer step (docs/BENCHMARKS.md, item 19), and ``"none"`` on
-    JAX (XLA's buffer assignment, not the activations, sets its peak) and PyTorch
-    (whose ``"all"`` reaches 1.9 GB at a 1.6x slower step; the choice is the user's)."""
-    if remat != "auto":
-        return remat
-    return "first-stage" if keras.backend.backend() == "tensorflow" else "none"
+    """``build_supernet``'s ``rematerialize`` for a config's ``remat``: ``"auto"`` is the
+    running backend's choice (``swd_keras.rematerialize.auto_setting``)."""
+    from swd_keras.rematerialize import auto_setting
+
+    return auto_setting() if remat == "auto" else remat
 
 
-class SearchDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def is_run_folder(path: str | Path) -> bool:
-    return (Path(path) / CONFIG_FILE).is_file()
+SearchDiverged = RunDiverged
+"""The search's loss became NaN or infinite (``swd_keras.runs.RunDiverged``)."""
 
 
 def load_config(run_dir: str | Path) -> SearchConfig:
-    """The config of an existing run folder, or a ValueError saying it is not one."""
-    run_dir = Path(run_dir)
-    if not is_run_folder(run_dir):
-        raise ValueError(f"{run_dir} is not a search run folder (no {CONFIG_FILE}).")
-    try:
-        return SearchConfig.from_json(json.loads((run_dir / CONFIG_FILE).read_text()))
-    except (json.JSONDecodeError, TypeError) as error:
-        raise ValueError(f"{run_dir / CONFIG_FILE} is not a valid search config: {error}") \
-            from None
+    """The config of the search run in ``run_dir``, or a ValueError saying it is not one."""
+    return SearchConfig.from_json(read_run(run_dir, "search")["config"])
 
 
 def build_search_model(config: SearchConfig, input_shape, num_classes: int,
@@ -150,10 +156,14 @@ def build_search_model(config: SearchConfig, input_shape, num_classes: int,
             k=config.k, method=config.method, ua_pooling=config.ua_pooling,
             la_pooling=config.la_pooling, upper_attention=config.upper_attention,
             lower_attention=config.lower_attention,
-            rematerialize=resolve_remat(config.remat))
+            rematerialize=resolve_remat(config.remat),
+            **({} if config.primitives is None else {"primitives": config.primitives}))
     finally:
         keras.config.set_dtype_policy(previous_policy)
-    model = SWDSearchModel(supernet, mode=config.mode, method=config.method)
+    # A fixed name: checkpoints key variables by path, and Keras numbers a second
+    # model of a default name in the same process.
+    model = SWDSearchModel(supernet, mode=config.mode, method=config.method,
+                           name="swd_search_model")
 
     def sgd(lr, name):
         schedule = EpochCosineDecay(lr, config.lr_min, config.epochs, steps_per_epoch)
@@ -168,15 +178,14 @@ def build_search_model(config: SearchConfig, input_shape, num_classes: int,
 
 # -- callbacks --------------------------------------------------------------------------
 
-class SearchRunCallback(keras.callbacks.Callback):
-    """Per epoch: stop on a non-finite loss; derive, log and write the genotype; record
-    the history; checkpoint. Per step: stop at once on a non-finite loss."""
+class SearchRunCallback(RunCallback):
+    """Per epoch: derive, log and write the genotype; record the history; checkpoint
+    (``RunCallback``). Per step: stop at once on a non-finite loss."""
 
     def __init__(self, run_dir: Path, config: SearchConfig, state: dict,
                  echo: Callable[[str], None] = print):
-        super().__init__()
-        self.run_dir, self.config, self.state, self.echo = run_dir, config, state, echo
-        self.diverged: str | None = None
+        super().__init__(run_dir, state)
+        self.config, self.echo = config, echo
         self._fit_started: float | None = None
         self._epoch_line: str | None = None
 
@@ -201,38 +210,23 @@ class SearchRunCallback(keras.callbacks.Callback):
             seconds = time.perf_counter() - self._fit_started
             self.echo(f"      first step done after {seconds:.0f} s")
             self._fit_started = None
-        loss = float((logs or {}).get("loss", 0.0))
-        if not math.isfinite(loss):
-            self.diverged = f"the training loss became {loss} at step {batch + 1}"
-            self.model.stop_training = True
+        bad = non_finite({"loss": (logs or {}).get("loss", 0.0)})
+        if bad:
+            self.stop(f"the training {bad} at step {batch + 1}")
 
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {key: float(value) for key, value in (logs or {}).items()}
-        bad = [key for key, value in logs.items() if not math.isfinite(value)]
-        if self.diverged or bad:
-            self.diverged = self.diverged or f"{bad[0]} became {logs[bad[0]]}"
-            self.model.stop_training = True
-            return
+    def record(self, epoch: int, row: dict[str, float]) -> None:
         genotype = self.model.genotype(normalize=self.config.normalization)
-        self.state["epoch"] = epoch + 1
-        self.state["history"].append({"epoch": epoch + 1, **logs})
-        self.state["genotypes"].append({"epoch": epoch + 1, "genotype": genotype.to_dict()})
-        write_run_outputs(self.run_dir, self.state, genotype)
-        save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.model, self.state)
-        self._epoch_line = f"epoch {epoch + 1}: {genotype}"
+        self.state["genotypes"].append({"epoch": epoch, "genotype": genotype.to_dict()})
+        write_genotypes(self.run_dir, self.state["genotypes"], genotype)
+        self._epoch_line = f"epoch {epoch}: {genotype}"
 
 
-def write_run_outputs(run_dir: Path, state: dict, genotype: Genotype) -> None:
-    """history.csv, genotypes.jsonl, genotype.json and genotype.png, from the state."""
+def write_genotypes(run_dir: Path, genotypes: list[dict], genotype: Genotype) -> None:
+    """genotypes.jsonl (every epoch's), genotype.json and genotype.png (the latest)."""
     from swd_keras.plot import plot_genotype
 
-    history = state["history"]
-    columns = list(dict.fromkeys(key for row in history for key in row))
-    lines = [",".join(columns)] + [",".join(str(row.get(c, "")) for c in columns)
-                                   for row in history]
-    atomic_write_text(run_dir / "history.csv", "\n".join(lines) + "\n")
     atomic_write_text(run_dir / "genotypes.jsonl",
-                      "".join(json.dumps(line) + "\n" for line in state["genotypes"]))
+                      "".join(json.dumps(line) + "\n" for line in genotypes))
     genotype.save(run_dir / "genotype.json")
     plot_genotype(genotype, run_dir / "genotype.png")
 
@@ -255,8 +249,9 @@ def run_search(config: SearchConfig | None = None, run_dir: str | Path = "runs/s
 
     Args:
         config: the settings (ignored when resuming: the run folder's config is used).
-        run_dir: the run folder; a new run refuses a folder that already holds a run.
-        resume: continue the run in ``run_dir`` from its last completed epoch.
+        run_dir: the run folder; a new run refuses a folder that is not empty.
+        resume: continue the run in ``run_dir`` from its last completed epoch, on the
+            backend it started on.
         echo: where progress lines go.
         verbose: Keras' progress-bar verbosity.
 
@@ -264,30 +259,22 @@ def run_search(config: SearchConfig | None = None, run_dir: str | Path = "runs/s
         A ``SearchResult`` with the genotype of the last epoch.
 
     Raises:
-        ValueError: a bad setting or run folder, or unavailable data.
+        ValueError: a bad setting or run folder, a resume on another backend than the
+            run started on, or unavailable data; nothing is written then.
         SearchDiverged: the loss became NaN/inf (the last good checkpoint is kept).
     """
     from swd_keras.data import search_data
 
-    run_dir = Path(run_dir)
+    run_dir, started = Path(run_dir), time.time()
     if resume:
-        config = load_config(run_dir)
+        config = SearchConfig.from_json(resume_run(run_dir, "search")["config"])
     else:
-        config = (config or SearchConfig()).validate()
-        if is_run_folder(run_dir):
-            raise ValueError(f"{run_dir} already holds a run: pass resume=True (--resume) "
-                             f"to continue it, or choose another output folder.")
-        atomic_write_json(run_dir / CONFIG_FILE, config.to_json())
-
-    started = time.time()
-    state = {"epoch": 0, "history": [], "genotypes": []}
-    checkpoint = run_dir / CHECKPOINT_FILE
-    initial_epoch = 0
-    if resume and checkpoint.is_file():
-        initial_epoch = json.loads(str(np.load(checkpoint)["state"]))["epoch"]
+        config = config or SearchConfig()
+        check_new_run_folder(run_dir)
+    initial_epoch = completed_epochs(run_dir) if resume else 0
     if initial_epoch >= config.epochs:
         echo(f"{run_dir} already finished all {config.epochs} epochs.")
-        return _result_from_state(run_dir, started)
+        return _result(run_dir, config, started)
 
     echo(f"[1/3] loading {config.dataset} ...")
     data = search_data(config.dataset, config.batch_size, seed=config.seed,
@@ -301,9 +288,12 @@ def run_search(config: SearchConfig | None = None, run_dir: str | Path = "runs/s
     keras.utils.set_random_seed(config.seed)
     model = build_search_model(config, data.info.input_shape, data.info.num_classes,
                                data.steps_per_epoch)
-    if resume and checkpoint.is_file():
-        state = load_checkpoint(checkpoint, model)
+    state = {"epoch": 0, "history": [], "genotypes": []}
+    if initial_epoch:
+        state = load_checkpoint(run_dir / CHECKPOINT_FILE, model)
         echo(f"      resumed after epoch {state['epoch']}")
+    if not resume:
+        start_run(run_dir, "search", config)
     echo("[3/3] searching; first the step is traced and compiled (~25 s for the paper's "
          "setting on 2 CPU cores) ...")
     callback = SearchRunCallback(run_dir, config, state, echo)
@@ -314,17 +304,14 @@ def run_search(config: SearchConfig | None = None, run_dir: str | Path = "runs/s
               steps_per_epoch=data.steps_per_epoch, callbacks=callbacks, shuffle=False,
               verbose=verbose)
     if callback.diverged:
-        raise SearchDiverged(
-            f"Search stopped: {callback.diverged}. The last good checkpoint (epoch "
-            f"{state['epoch']}) is in {run_dir}; lower --lr or --arch-lr and start again.")
-    return _result_from_state(run_dir, started)
+        raise callback.error("lower --lr or --arch-lr and start again")
+    return _result(run_dir, config, started)
 
 
-def _result_from_state(run_dir: Path, started: float) -> SearchResult:
-    with np.load(run_dir / CHECKPOINT_FILE) as data:
-        state = json.loads(str(data["state"]))
+def _result(run_dir: Path, config: SearchConfig, started: float) -> SearchResult:
+    state = checkpoint_state(run_dir)
     genotype = Genotype.from_dict(state["genotypes"][-1]["genotype"])
-    return SearchResult(genotype, run_dir, load_config(run_dir).dataset, state["history"],
+    return SearchResult(genotype, run_dir, config.dataset, state["history"],
                         time.time() - started)
 
 

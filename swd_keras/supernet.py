@@ -48,7 +48,7 @@ def build_supernet(input_shape: Sequence[int], num_classes: int, channels: int =
             ``"first-stage"``, the cells up to the first reduction, which read
             full-resolution inputs and hold most of the activations (the paper's
             search on TensorFlow: 2.57 -> 2.03 GB for a 1.3x longer step, against
-            2.01 GB and 1.45x for ``"all"``; docs/BENCHMARKS.md, item 19).
+            2.01 GB and 1.45x for ``"all"``; docs/BENCHMARKS.md).
         name: the model's name.
 
     Returns:

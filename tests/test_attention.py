@@ -4,7 +4,13 @@ import keras
 import numpy as np
 import pytest
 
-from swd_keras.attention import LowerAttention, UpperAttention, select_channels
+from swd_keras.attention import (
+    LowerAttention,
+    UpperAttention,
+    select_channels,
+    top_channels,
+    write_back,
+)
 from tests import reference as ref
 from tests.grads import layer_gradients
 
@@ -110,3 +116,56 @@ def test_attention_layers_in_a_saved_functional_model(tmp_path):
     np.testing.assert_allclose(to_np(loaded(x)), expected, atol=1e-6)
     sequential = keras.Sequential([keras.Input((6, 6, 8)), UpperAttention()])
     assert tuple(sequential(x).shape) == (2, 1, 1, 8)
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("pooling", ["avg+max", "max"])
+def test_attention_of_several_layers_equals_each_layer(pooling):
+    x = np.random.randn(3, 2, 5, 5, 8).astype("float32")  # (E, b, h, w, c)
+    attention_layers = [UpperAttention(pooling=pooling) for _ in range(3)]
+    for layer in attention_layers:
+        layer.build(x.shape[1:])
+        layer.set_weights([np.random.randn(*w.shape).astype("float32")
+                           for w in layer.get_weights()])
+    pooled = keras.ops.stack([layer.pool(xe) for layer, xe in zip(attention_layers, x)])
+    batched = to_np(UpperAttention.attention(attention_layers, pooled))
+    assert batched.shape == (3, 2, 8)
+    for e, layer in enumerate(attention_layers):
+        expected = ref.channel_attention(x[e], layer.get_weights(), pooling)[:, 0, 0, :]
+        np.testing.assert_allclose(batched[e], expected, atol=1e-5)
+    one = to_np(UpperAttention.attention(attention_layers[:1], pooled[:1]))
+    np.testing.assert_allclose(one[0], batched[0], atol=1e-6)
+
+
+@pytest.mark.backend
+def test_top_channels_of_several_edges():
+    attention = np.random.rand(3, 4, 16).astype("float32")  # (E, b, c)
+    indices = to_np(top_channels(attention, 4))
+    assert indices.shape == (3, 4) and indices.dtype == np.int32
+    for e in range(3):
+        np.testing.assert_array_equal(indices[e], ref.select_channels(
+            attention[e][:, None, None, :], attention[e], 4)[1])
+
+
+@pytest.mark.backend
+def test_write_back_replaces_the_selected_channels():
+    base = np.random.randn(2, 3, 3, 8).astype("float32")
+    mixed = np.random.randn(2, 3, 3, 2).astype("float32")
+    expected = base.copy()
+    expected[..., [1, 6]] = mixed
+    indices = keras.ops.convert_to_tensor(np.array([1, 6], "int32"))
+    out = write_back(keras.ops.convert_to_tensor(base), mixed, indices)
+    np.testing.assert_allclose(to_np(out), expected, atol=1e-6)
+    # Three edges on two bases at once, the kept channels scaled per sample.
+    bases = [base, -base, base]
+    tensors = [keras.ops.convert_to_tensor(b) for b in bases]
+    rows = np.array([[1, 6], [0, 7], [2, 3]], "int32")
+    scale = np.random.rand(3, 2, 8).astype("float32")
+    values = np.random.randn(2, 3, 3, 6).astype("float32")
+    outputs = write_back(tensors, values, keras.ops.convert_to_tensor(rows),
+                         scale=keras.ops.convert_to_tensor(scale))
+    assert len(outputs) == 3
+    for e, out in enumerate(outputs):
+        want = bases[e] * scale[e][:, None, None, :]
+        want[..., rows[e]] = values[..., 2 * e:2 * e + 2]
+        np.testing.assert_allclose(to_np(out), want, atol=1e-6)

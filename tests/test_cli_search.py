@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from swd_keras.genotype import Genotype
-from swd_keras.search_job import SearchConfig, SearchRunCallback, run_search
+from swd_keras.search_job import SearchConfig, SearchRunCallback, load_config, run_search
 
 TINY = ["--epochs", "2", "--layers", "2", "--channels", "4", "--k", "2", "--batch-size", "8",
         "--limit", "16"]
@@ -46,10 +46,8 @@ def test_digits_search_writes_a_run_folder_and_resumes_identically(tmp_path):
         if line.startswith("epoch 1:"):
             raise KeyboardInterrupt
 
-    config = json.loads((unbroken / "config.json").read_text())
     with pytest.raises(KeyboardInterrupt):
-        run_search(SearchConfig.from_json(config), killed, echo=kill_after_first_epoch,
-                   verbose=0)
+        run_search(load_config(unbroken), killed, echo=kill_after_first_epoch, verbose=0)
     assert len((killed / "genotypes.jsonl").read_text().splitlines()) == 1
     result = invoke("--resume", str(killed))
     assert result.exit_code == 0, result.output
@@ -60,10 +58,10 @@ def test_digits_search_writes_a_run_folder_and_resumes_identically(tmp_path):
 
 @pytest.mark.slow
 def test_cifar100_runs_the_tfds_code_path_with_mock_data(tmp_path, monkeypatch):
-    import swd_keras.data as data
+    from swd_keras.data.sources import tfds as tfds_source
 
     # Under mock_data tfds' download is a no-op; let the network check pass.
-    monkeypatch.setattr(data, "_can_reach", lambda *a, **k: True)
+    monkeypatch.setattr(tfds_source, "can_reach", lambda *a, **k: True)
     with tfds.testing.mock_data(num_examples=64):
         result = invoke("--dataset", "cifar100", "--data-dir", str(tmp_path / "tfds"),
                         "--epochs", "1", "--layers", "1", "--channels", "4", "--k", "2",
@@ -77,9 +75,9 @@ def test_cifar100_runs_the_tfds_code_path_with_mock_data(tmp_path, monkeypatch):
 
 
 def test_unavailable_dataset_is_one_line_within_seconds(tmp_path, monkeypatch):
-    import swd_keras.data as data
+    from swd_keras.data.sources import tfds as tfds_source
 
-    monkeypatch.setattr(data, "_can_reach", lambda *a, **k: False)
+    monkeypatch.setattr(tfds_source, "can_reach", lambda *a, **k: False)
     started = time.time()
     result = invoke("--dataset", "cifar100", "--data-dir", str(tmp_path / "empty"),
                     "--output", str(tmp_path / "run"))
@@ -106,7 +104,7 @@ def test_bad_inputs_are_one_clear_line(args, needle, tmp_path, monkeypatch):
 def test_a_new_run_refuses_an_existing_run_folder(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(SearchConfig().to_json()))
     result = invoke("--dataset", "digits", "--output", str(tmp_path))
-    assert result.exit_code == 2 and "already holds a run" in result.output
+    assert result.exit_code == 2 and "already exists and is not empty" in result.output
 
 
 class _FakeModel:
@@ -124,3 +122,71 @@ def test_a_non_finite_loss_stops_without_touching_the_checkpoint(tmp_path):
     assert callback.model.stop_training and "nan" in callback.diverged
     callback.on_epoch_end(1, {"loss": math.inf})
     assert state["epoch"] == 1 and not list(tmp_path.iterdir())
+
+
+USER_PRIMITIVES = '''
+import keras
+from keras import ops
+
+from swd_keras.ops import register_primitive
+
+
+@keras.saving.register_keras_serializable(package="cli_user_ops")
+class ScaledIdentity(keras.layers.Layer):
+    """A parameter-free op: half the input, subsampled at stride 2."""
+
+    def __init__(self, strides=1, **kwargs):
+        super().__init__(**kwargs)
+        self.strides = strides
+
+    def call(self, x, training=None):
+        return 0.5 * x[:, ::self.strides, ::self.strides, :]
+
+    def compute_output_shape(self, shape):
+        return (shape[0], -(-shape[1] // self.strides), -(-shape[2] // self.strides), shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "strides": self.strides}
+
+
+register_primitive("half_identity", lambda channels, strides, affine, **kw:
+                   ScaledIdentity(strides, **kw), parameter_free=True)
+'''
+
+
+@pytest.mark.slow
+def test_search_with_a_users_primitives_module(tmp_path):
+    module = tmp_path / "cli_user_ops.py"
+    module.write_text(USER_PRIMITIVES)
+    run = tmp_path / "run"
+    primitives = "sep_conv_3x3,half_identity,max_pool_3x3,none"
+    result = invoke("--dataset", "synthetic", *TINY, "--epochs", "1", "--output", str(run),
+                    "--primitives", primitives, "--primitives-module", str(module))
+    assert result.exit_code == 0, result.output
+    config = load_config(run)
+    assert config.primitives == tuple(primitives.split(","))
+    assert config.primitives_module == str(module)
+    used = {op for cell in Genotype.load(run / "genotype.json").cells for op, _ in cell.edges}
+    assert used <= {"sep_conv_3x3", "half_identity", "max_pool_3x3"}
+    weights = [json.loads(line) for line in (run / "genotypes.jsonl").read_text().splitlines()]
+    assert len(weights) == 1
+
+
+def test_unknown_primitives_are_refused_in_one_line_and_write_nothing(tmp_path):
+    from cli.commands import export, search, train  # noqa: F401  (registers the commands)
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["search", "--dataset", "synthetic", "--output", str(run),
+                                      "--primitives", "sep_conv_3x3,bogus_op"])
+    assert result.exit_code == 2
+    assert "bogus_op" in result.output and "sep_conv_3x3" in result.output
+    result = CliRunner().invoke(cli, ["search", "--dataset", "synthetic", "--output", str(run),
+                                      "--primitives-module", str(tmp_path / "missing.py")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert not run.exists()
+
+    for command in (["train", "--genotype", "darts_v2", "--dataset", "digits"],
+                    ["evaluate", "m.keras", "--dataset", "digits"],
+                    ["export", "m.keras"]):
+        result = CliRunner().invoke(cli, [*command, "--primitives-module", "no_such_ops_module"])
+        assert result.exit_code == 2 and "no_such_ops_module" in result.output, command

@@ -19,7 +19,6 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
-from swd_keras import data
 from swd_keras.data import (
     DATASETS,
     DatasetUnavailableError,
@@ -28,6 +27,8 @@ from swd_keras.data import (
     search_data,
     train_data,
 )
+from swd_keras.data.sources import synthetic
+from swd_keras.data.sources import tfds as tfds_source
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -79,13 +80,13 @@ def _shifted_candidates(image: np.ndarray, pad: int, flips: bool) -> list[np.nda
 @pytest.fixture
 def offline(monkeypatch):
     """Makes the network check fail, whatever the machine's network."""
-    monkeypatch.setattr(data, "_can_reach", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(tfds_source, "can_reach", lambda url, timeout=3.0: False)
 
 
 @pytest.fixture
 def download_allowed(monkeypatch):
     """Makes the network check pass (tfds' download is a no-op under mock_data)."""
-    monkeypatch.setattr(data, "_can_reach", lambda url, timeout=3.0: True)
+    monkeypatch.setattr(tfds_source, "can_reach", lambda url, timeout=3.0: True)
 
 
 # -------------------------------------------------------------------------- bad input
@@ -180,7 +181,7 @@ def test_manual_archive_prepares_without_asking_the_network(tmp_path, monkeypatc
         raise AssertionError("the network must not be asked when the archive is there")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", record)
-    monkeypatch.setattr(data, "_can_reach", no_network_check)
+    monkeypatch.setattr(tfds_source, "can_reach", no_network_check)
     with pytest.raises(Prepared):
         search_data("cifar100", 8, data_dir=str(tmp_path))
     [(name, config)] = calls
@@ -215,8 +216,8 @@ def local_server(monkeypatch):
 
 
 def test_network_check_needs_a_real_answer(local_server):
-    assert data._can_reach(f"{local_server}/archive.tar.gz", timeout=2.0)
-    assert not data._can_reach(f"{local_server}/missing.tar.gz", timeout=2.0)
+    assert tfds_source.can_reach(f"{local_server}/archive.tar.gz", timeout=2.0)
+    assert not tfds_source.can_reach(f"{local_server}/missing.tar.gz", timeout=2.0)
 
 
 def test_network_check_is_bounded_in_time(monkeypatch):
@@ -229,8 +230,10 @@ def test_network_check_is_bounded_in_time(monkeypatch):
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)
         start = time.monotonic()
-        assert not data._can_reach(f"http://127.0.0.1:{closed_port}/a.tar.gz", timeout=1.0)
-        assert not data._can_reach(f"http://127.0.0.1:{silent.getsockname()[1]}/a", timeout=1.0)
+        closed_url = f"http://127.0.0.1:{closed_port}/a.tar.gz"
+        assert not tfds_source.can_reach(closed_url, timeout=1.0)
+        silent_url = f"http://127.0.0.1:{silent.getsockname()[1]}/a"
+        assert not tfds_source.can_reach(silent_url, timeout=1.0)
         assert time.monotonic() - start < 4
 
 
@@ -287,7 +290,7 @@ def test_cifar100_prepared_offline_from_the_original_archive(tmp_path, monkeypat
         "_register_or_validate_checksums",
         lambda self, url, url_info, path: self._recorded_url_infos.__setitem__(url, url_info),
     )
-    monkeypatch.setattr(data, "_can_reach", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(tfds_source, "can_reach", lambda url, timeout=3.0: False)
 
     train = train_data("cifar100", 10, data_dir=str(tmp_path), augment=False)
     assert (tmp_path / "cifar100").is_dir(), "prepared into data_dir"
@@ -567,11 +570,29 @@ def test_synthetic_is_deterministic_and_learnable():
     train = train_data("synthetic", 64, augment=False)
     x_train, y_train = _concat(_batches(train.dataset))
     x_test, y_test = _concat(_batches(train.test_dataset()))
-    rebuilt = data._synthetic()  # generated afresh, not the cached copy
+    rebuilt = synthetic.load()  # generated afresh, not the cached copy
     np.testing.assert_array_equal(
-        rebuilt.test.images.numpy()[rebuilt.test.indices], _raw(x_test, info, 255)
+        rebuilt.test.store.images[rebuilt.test.indices], _raw(x_test, info, 255)
     )
     # A nearest-class-mean classifier (NumPy) separates the classes on the test split.
     centroids = np.stack([x_train[y_train == k].mean(axis=0) for k in range(10)])
     distances = ((x_test[:, None] - centroids[None]) ** 2).sum(axis=(2, 3, 4))
     assert (distances.argmin(axis=1) == y_test).mean() > 0.9
+
+
+# ------------------------------------------------------------- TensorFlow and GPUs
+
+
+@pytest.mark.parametrize("backend, hidden", [("jax", True), ("torch", True), ("tensorflow", False)])
+def test_gpus_are_hidden_from_tensorflow_where_a_pipeline_is_set_up(monkeypatch, backend, hidden):
+    import keras
+
+    calls = []
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    monkeypatch.setattr(tf.config, "set_visible_devices", lambda *args: calls.append(args))
+    get_dataset_info("digits")
+    get_dataset_info("cifar10")
+    assert calls == [], "describing a dataset must leave TensorFlow's devices alone"
+    search_data("digits", 8, limit=16)
+    train_data("digits", 8, limit=16)
+    assert calls == ([([], "GPU")] * 2 if hidden else [])

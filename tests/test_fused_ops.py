@@ -1,19 +1,42 @@
 """CandidateOps (all candidate ops of an edge, fused) against a NumPy model of the
 per-op definitions (SPEC §1), and against the per-op layers of ops.py: outputs,
 BatchNorm statistics and gradients, in training and inference mode. Then several edges
-computed together (compute_candidates, call_edges) against each edge alone."""
+computed together (compute_candidates) against each alone; several whole edges at
+once (EdgeGroup) are tested in test_edge_group.py."""
 
 import keras
 import numpy as np
 import pytest
 
 from swd_keras.fused_ops import CandidateOps, compute_candidates, depthwise_conv, max_pool
-from swd_keras.mixed_op import SWDMixedOp, call_edges
-from swd_keras.ops import PRIMITIVES, make_op
+from swd_keras.ops import (
+    PRIMITIVES,
+    DilConv,
+    FusedKernel,
+    Pool,
+    SepConv,
+    make_op,
+    register_primitive,
+)
 from tests import reference as ref
 from tests.grads import input_gradient, layer_gradients
 
 to_np = keras.ops.convert_to_numpy
+
+# Users' primitives with fused forms of other sizes: CandidateOps computes them with
+# the built-ins, and must equal their per-op layers as it does for the built-ins.
+USER_FUSED = {
+    "sep_conv_7x7": (lambda c, s, affine, **kw: SepConv(c, 7, s, affine, **kw),
+                     FusedKernel("sep_conv", 7)),
+    "dil_conv_7x7": (lambda c, s, affine, **kw: DilConv(c, 7, s, 2, affine, **kw),
+                     FusedKernel("dil_conv", 7)),
+    "avg_pool_5x5": (lambda c, s, affine, batch_norm=False, **kw: Pool(
+        "avg", s, batch_norm, pool_size=5, **kw), FusedKernel("avg_pool", 5)),
+    "max_pool_5x5": (lambda c, s, affine, batch_norm=False, **kw: Pool(
+        "max", s, batch_norm, pool_size=5, **kw), FusedKernel("max_pool", 5)),
+}
+for _name, (_factory, _fused) in USER_FUSED.items():
+    register_primitive(_name, _factory, fused=_fused)
 
 SUBSETS = [
     PRIMITIVES,
@@ -245,7 +268,9 @@ def paired_layers(primitives, stride, affine, x, rng):
 @pytest.mark.backend
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("affine", [False, True])
-@pytest.mark.parametrize("primitives", SUBSETS[:3])
+@pytest.mark.parametrize("primitives", SUBSETS[:3] + [
+    ("sep_conv_7x7", "max_pool_5x5", "sep_conv_3x3", "avg_pool_5x5", "dil_conv_7x7",
+     "dil_conv_3x3", "skip_connect")])
 def test_outputs_statistics_and_gradients_equal_the_per_op_layers(stride, affine,
                                                                    primitives):
     rng = np.random.default_rng(2)
@@ -377,94 +402,7 @@ def test_layers_computed_together_equal_each_alone(stride, primitives, channels)
                 np.testing.assert_allclose(got, want, atol=1e-6)
 
 
-class EdgeSet(keras.layers.Layer):
-    """Five edges on two inputs (three share x0), computed alone or together."""
-
-    SOURCES = (0, 1, 0, 1, 0)
-
-    def __init__(self, together, stride, **options):
-        super().__init__()
-        self.together = together
-        self.edges = [SWDMixedOp(8, stride, name=f"edge_{i}", **options)
-                      for i in range(len(self.SOURCES))]
-
-    def build(self, x0_shape, x1_shape=None):
-        for edge in self.edges:
-            edge.build(x0_shape)
-
-    def call(self, x0, x1, edge_weights=None, training=None):
-        inputs = [(x0, x1)[s] for s in self.SOURCES]
-        weights = edge_weights or [None] * len(self.edges)
-        if self.together:
-            results = call_edges(self.edges, inputs, edge_weights, training=training)
-        else:
-            results = [edge(x, edge_weights=w, training=training, return_edge_weights=True)
-                       for edge, x, w in zip(self.edges, inputs, weights)]
-        return (keras.ops.concatenate([out for out, _ in results], axis=-1),
-                keras.ops.stack([atten for _, atten in results]))
-
-
-EDGE_OPTIONS = [
-    {"k": 2},
-    {"k": 1},  # 5 edges x 2 ops x 8 channels: batched matrix products
-    {"k": 4, "ua_pooling": "max", "la_pooling": "avg+max", "use_bias": False},
-    {"k": 2, "lower_attention": False, "affine": True},
-    {"k": 2, "primitives": SUBSETS[2]},
-    {"k": 2, "primitives": ("skip_connect", "max_pool_3x3", "none", "sep_conv_3x3")},
-    {"k": 2, "primitives": ("none",)},
-    {"upper_attention": False, "lower_attention": False, "shared_alphas": True,
-     "primitives": SUBSETS[1]},
-]
-
-
-@pytest.mark.backend
-@pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("options", EDGE_OPTIONS)
-def test_call_edges_equals_calling_each_edge(stride, options):
-    rng = np.random.default_rng(4)
-    x0, x1 = (rng.normal(size=(3, 8, 8, 8)).astype("float32") for _ in range(2))
-    sets = [EdgeSet(together, stride, **options) for together in (True, False)]
-    for edge_set in sets:
-        edge_set.build(x0.shape)
-    randomize(sets[0], rng)
-    sets[1].set_weights(sets[0].get_weights())
-    edge_weights = None
-    if options.get("shared_alphas"):
-        n = len(options["primitives"])
-        edge_weights = [keras.ops.convert_to_tensor(rng.dirichlet(np.ones(n)).astype("float32"))
-                        for _ in EdgeSet.SOURCES]
-
-    for training in (True, False):
-        (out, atten), (want_out, want_atten) = (
-            edge_set(x0, x1, edge_weights=edge_weights, training=training)
-            for edge_set in sets)
-        np.testing.assert_allclose(to_np(out), to_np(want_out), atol=1e-4, rtol=1e-4)
-        np.testing.assert_allclose(to_np(atten), to_np(want_atten), atol=1e-5)
-        for got, want in zip(sets[0].get_weights(), sets[1].get_weights()):
-            np.testing.assert_allclose(got, want, atol=1e-5)  # BN statistics included
-
-    weights = keras.ops.convert_to_tensor(rng.normal(size=out.shape).astype("float32"))
-    grads = [layer_gradients(edge_set, lambda pair: keras.ops.sum(pair[0] * weights), x0, x1,
-                             edge_weights=edge_weights, training=True)
-             for edge_set in sets]
-    paths = {v.path: w.path for v, w in zip(sets[0].trainable_weights,
-                                            sets[1].trainable_weights)}
-    nonzero = 0
-    for path, twin in paths.items():
-        np.testing.assert_allclose(grads[0][path], grads[1][twin], atol=1e-4, rtol=1e-4,
-                                   err_msg=path)
-        nonzero += bool(np.abs(grads[1][twin]).sum() > 0)
-    assert nonzero > 0
-
-
-def test_call_edges_builds_and_checks_its_arguments():
-    edges = [SWDMixedOp(8, k=2) for _ in range(2)]
-    with pytest.raises(ValueError, match="2 edges and 1 inputs"):
-        call_edges(edges, [np.zeros((1, 4, 4, 8), "float32")])
-    x = np.random.randn(2, 4, 4, 8).astype("float32")
-    (out, atten), _ = call_edges(edges, [x, x])  # unbuilt edges are built first
-    assert all(edge.built for edge in edges)
-    np.testing.assert_allclose(to_np(out), to_np(edges[0](x)), atol=1e-5)
+def test_compute_candidates_needs_one_configuration():
     mismatched = [CandidateOps(4), CandidateOps(4, strides=2)]
     with pytest.raises(ValueError, match="one configuration"):
         compute_candidates(mismatched, np.zeros((1, 4, 4, 8), "float32"))

@@ -57,10 +57,12 @@ def test_factorized_reduce_matches_reference(size):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("batch_norm", [False, True])
 @pytest.mark.parametrize("size", [8, 7])
-def test_pools_match_reference(kind, stride, batch_norm, size):
+@pytest.mark.parametrize("window", [3, 5])
+def test_pools_match_reference(kind, stride, batch_norm, size, window):
     x = np.random.randn(2, size, size, 3).astype("float32")
-    y = to_np(swd_ops.Pool(kind, stride, batch_norm=batch_norm)(x, training=False))
-    expected = ref.pool(x, kind, stride)
+    pool = swd_ops.Pool(kind, stride, batch_norm=batch_norm, pool_size=window)
+    y = to_np(pool(x, training=False))
+    expected = ref.pool(x, kind, stride, size=window)
     if batch_norm:
         expected = ref.batch_norm_inference(expected)
     np.testing.assert_allclose(y, expected, atol=1e-5)
@@ -119,7 +121,10 @@ def test_primitives_order_is_the_spec_order():
     assert swd_ops.PRIMITIVES == (
         "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "skip_connect",
         "avg_pool_3x3", "max_pool_3x3", "none")
-    assert set(swd_ops.OPS) == set(swd_ops.PRIMITIVES)
+    # The built-ins are registered first, in that order; users' primitives follow.
+    assert tuple(swd_ops.OPS)[:len(swd_ops.PRIMITIVES)] == swd_ops.PRIMITIVES
+    assert {p for p in swd_ops.PRIMITIVES if p in swd_ops.PARAMETER_FREE} == {
+        "skip_connect", "avg_pool_3x3", "max_pool_3x3", "none"}
 
 
 def test_unknown_primitive_is_a_clear_error():

@@ -244,6 +244,42 @@ def test_fit_traces_without_op_stack_traces_and_restores_tensorflow_settings():
     assert any(len(op.traceback) for op in traced_ops())
 
 
+def test_fit_restores_tensorflow_settings_after_an_exception():
+    from tensorflow.python.util import tf_stack
+
+    model = tiny_model()
+    extract, options = tf_stack.extract_stack, tf.config.optimizer.get_experimental_options()
+    seen = []
+
+    class Fail(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append(tf.config.optimizer.get_experimental_options())
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        model.fit(batches()[2], epochs=1, verbose=0, callbacks=[Fail()])
+    assert seen[0]["disable_meta_optimizer"]  # the setting was on inside fit
+    assert tf_stack.extract_stack is extract
+    assert tf.config.optimizer.get_experimental_options() == options
+
+
+def test_internals_follow_the_environment_variable_and_the_version(monkeypatch):
+    from swd_keras.backend.tensorflow import internals
+
+    monkeypatch.delenv(internals.ENVIRONMENT_VARIABLE, raising=False)
+    assert all(internals.enabled(piece) for piece in internals.PIECES)  # TF 2.21 here
+    monkeypatch.setenv(internals.ENVIRONMENT_VARIABLE, "op_stack_traces")
+    assert internals.enabled("op_stack_traces") and not internals.enabled("graph_release")
+    monkeypatch.setenv(internals.ENVIRONMENT_VARIABLE, "none")
+    assert not any(internals.enabled(piece) for piece in internals.PIECES)
+    monkeypatch.setenv(internals.ENVIRONMENT_VARIABLE, "stacks")
+    with pytest.raises(ValueError, match=internals.ENVIRONMENT_VARIABLE):
+        internals.enabled("graph_release")
+    monkeypatch.delenv(internals.ENVIRONMENT_VARIABLE)
+    monkeypatch.setattr(tf, "__version__", "2.99.0")
+    assert not any(internals.enabled(piece) for piece in internals.PIECES)
+
+
 def _live_func_graphs() -> int:
     import gc
 
@@ -253,47 +289,95 @@ def _live_func_graphs() -> int:
     return sum(isinstance(o, FuncGraph) for o in gc.get_objects())
 
 
-def test_fit_lets_the_traced_graphs_go_and_steps_as_keras_own_function(monkeypatch):
+def test_internals_and_their_public_fallback_give_the_same_step(monkeypatch):
+    # The fallback (no TensorFlow internals: Keras' own train function, op stacks
+    # recorded, custom gradients left registered) steps exactly as the default does;
+    # the default lets every traced graph and registered custom gradient go.
     from tensorflow.python.framework import ops as tf_ops
 
-    from swd_keras.backend.tensorflow import trainer as tf_step
+    from swd_keras.backend.tensorflow import internals
 
-    ours, keras_own = tiny_model(), tiny_model()
-    for source, target in zip(ours.variables, keras_own.variables):
+    ours, public = tiny_model(), tiny_model()
+    for source, target in zip(ours.variables, public.variables):
         target.assign(to_np(source.value).copy())
     _, _, data = batches(steps=2)
     with monkeypatch.context() as patch:
-        patch.setattr(tf_step, "make_train_function", lambda model, keras_function: keras_function)
-        keras_own.fit(data, epochs=1, verbose=0)
+        patch.setenv(internals.ENVIRONMENT_VARIABLE, "none")
+        public.fit(data, epochs=1, verbose=0)
+    assert not isinstance(public.train_function, internals.TrainFunction)
     graphs, gradients = _live_func_graphs(), len(tf_ops.gradient_registry.list())
     history = ours.fit(data, epochs=1, verbose=0)
-    assert isinstance(ours.train_function, tf_step.TrainFunction)
+    assert isinstance(ours.train_function, internals.TrainFunction)
     # Nothing traced for the step is left: no graph, no registered custom gradient.
     assert _live_func_graphs() == graphs
     assert len(tf_ops.gradient_registry.list()) == gradients
     assert np.isfinite(history.history["loss"]).all()
-    for expected, actual in zip(keras_own.variables, ours.variables):
-        np.testing.assert_allclose(to_np(actual.value), to_np(expected.value), rtol=1e-5,
+    for expected, actual in zip(public.variables, ours.variables):
+        np.testing.assert_allclose(to_np(actual.value), to_np(expected.value), rtol=1e-6,
                                    atol=1e-7, err_msg=actual.path)
 
 
 def test_train_function_traces_once_per_batch_shape(monkeypatch):
-    from swd_keras.backend.tensorflow import trainer as tf_step
+    from swd_keras.backend.tensorflow import internals
 
     model = tiny_model()
     (x_t, y_t), (x_v, y_v), _ = batches(steps=2)
     pairs = tf.data.Dataset.from_tensor_slices(((x_t, y_t), (x_v, y_v)))
     traces = []
-    trace = tf_step.TrainFunction._trace
+    trace = internals.TrainFunction._trace
 
     def counted(self, iterator):
         traces.append(iterator.element_spec[0][0].shape)
         return trace(self, iterator)
 
-    monkeypatch.setattr(tf_step.TrainFunction, "_trace", counted)
+    monkeypatch.setattr(internals.TrainFunction, "_trace", counted)
     for batch_size in (4, 2, 4):
         before = snapshot(model.trainable_variables)
         model.fit(pairs.batch(batch_size, drop_remainder=True), epochs=1, verbose=0)
         assert any(not np.array_equal(v, before[p])
                    for p, v in snapshot(model.trainable_variables).items())
     assert traces == [(4, 8, 8, 1), (2, 8, 8, 1)]
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("packed", ["pair", "x_and_y"])
+def test_train_on_batch_steps_and_returns_the_logs(packed):
+    # Keras hands train_step (x, y, sample_weight); the step finds its pair in either
+    # way of passing it, and takes the same step as fit.
+    stepped, fitted = tiny_model(), tiny_model()
+    for source, target in zip(stepped.variables, fitted.variables):
+        target.assign(to_np(source.value).copy())
+    train, val, data = batches()
+    before = snapshot(stepped.trainable_variables)
+    if packed == "pair":
+        logs = stepped.train_on_batch((train, val), return_dict=True)
+    else:
+        logs = stepped.train_on_batch(train, val, return_dict=True)
+    fitted.fit(data, epochs=1, verbose=0)
+    assert set(logs) == {"loss", "accuracy", "arch_loss"}
+    assert np.isfinite(list(logs.values())).all()
+    after = snapshot(stepped.trainable_variables)
+    assert any(not np.array_equal(after[p], before[p]) for p in before)
+    for path, value in snapshot(fitted.trainable_variables).items():
+        np.testing.assert_allclose(after[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+def test_jit_compile_on_tensorflow_steps_as_without_it():
+    # XLA reads each op's stack trace while compiling: fit keeps them under XLA (an
+    # empty trace crashed the process).
+    def one_layer_model(jit_compile):
+        model = SWDSearchModel(build_supernet((8, 8, 1), 5, channels=4, layers=1, k=2,
+                                              primitives=("skip_connect", "none")))
+        model.compile(jit_compile=jit_compile)
+        return model
+
+    plain, compiled = one_layer_model(False), one_layer_model(True)
+    for source, target in zip(plain.variables, compiled.variables):
+        target.assign(to_np(source.value).copy())
+    _, _, data = batches()
+    for model in (plain, compiled):
+        model.fit(data, epochs=1, verbose=0)
+    assert compiled.jit_compile
+    for expected, actual in zip(plain.trainable_variables, compiled.trainable_variables):
+        np.testing.assert_allclose(to_np(actual.value), to_np(expected.value), rtol=1e-4,
+                                   atol=1e-5, err_msg=actual.path)

@@ -43,7 +43,7 @@ def test_remat_setting_reaches_its_cells(remat, expected):
     cells = [layer for layer in model.supernet.layers if isinstance(layer, SearchCell)]
     assert [cell.rematerialize for cell in cells] == expected
     # A run folder written before the setting existed resumes with the default.
-    assert SearchConfig.from_json({"channels": 4}).remat == "auto"
+    assert SearchConfig.from_json({"channels": 8}).remat == "auto"
 
 
 def test_remat_rejects_an_unknown_setting():

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from swd_keras.attention import LowerAttention, UpperAttention
 from swd_keras.mixed_op import SWDMixedOp
 from swd_keras.search_cell import NUM_EDGES, SearchCell, edge_inputs
 from swd_keras.supernet import attention_variables, build_supernet
@@ -85,3 +86,37 @@ def test_edges_are_swd_mixed_ops_with_search_settings():
     edge = cells(net)[0].edges[0]
     assert isinstance(edge, SWDMixedOp)
     assert edge.affine is False and edge.lower.pooling == "avg+max" and edge.k == 2
+
+
+def _cell_outputs(cell, x):
+    out, atten = cell(x, x, training=False)
+    return keras.ops.convert_to_numpy(out), keras.ops.convert_to_numpy(atten)
+
+
+@pytest.mark.parametrize("layer_class", [UpperAttention, LowerAttention])
+def test_search_cell_computes_with_the_attention_layers(monkeypatch, layer_class):
+    # What the layers compute is what the cell computes: changing a layer's MLP changes
+    # the cell's output and edge weights, and each edge alone still equals its group.
+    cell = SearchCell(4, reduction=False, reduction_prev=False, primitives=SMALL_OPS, k=2)
+    x = np.random.randn(2, 8, 8, 6).astype("float32")
+    before = _cell_outputs(cell, x)
+    mlp = layer_class.mlp
+    monkeypatch.setattr(layer_class, "mlp", classmethod(
+        lambda cls, layers, pooled: -3.0 * mlp.__func__(cls, layers, pooled)))
+    after = _cell_outputs(cell, x)
+    assert not np.allclose(before[0], after[0], atol=1e-3)
+    assert not np.allclose(before[1], after[1], atol=1e-3)
+    for e, preprocess in enumerate((cell.preprocess0, cell.preprocess1)):
+        _, atten = cell.edges[e](preprocess(x, training=False), training=False,
+                                 return_edge_weights=True)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(atten), after[1][e], atol=1e-5)
+
+
+def test_cell_edges_keep_their_variable_paths():
+    net = build_supernet((8, 8, 1), 10, channels=4, layers=3, k=2, primitives=SMALL_OPS)
+    cell = cells(net)[0]
+    assert cell.edges[3].upper.w1.path == "cell_0/edge_3/upper/w1"
+    assert [len(g.edges) for g in cell.groups] == [8, 3, 2, 1]
+    paths = [v.path for v in net.weights]
+    assert len(paths) == len(set(paths))
+    assert not any("group" in path for path in paths)

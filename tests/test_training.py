@@ -10,6 +10,7 @@ import pytest
 
 from swd_keras.network import build_network, cells_of, load_network
 from swd_keras.optimizers import TorchSGD
+from swd_keras.runs import completed_epochs
 from swd_keras.training import (
     DropPathSchedule,
     LabelSmoothingCrossentropy,
@@ -17,7 +18,6 @@ from swd_keras.training import (
     TrainingDivergedError,
     evaluate_network,
     fit_network,
-    latest_checkpoint,
     make_optimizer,
     set_drop_path_rate,
 )
@@ -187,7 +187,7 @@ def test_fit_network_runs_checkpoints_and_resumes_exactly(tmp_path):
     unbroken = fit_network(tmp_path / "unbroken", config, verbose=0)
 
     run = tmp_path / "unbroken"
-    assert {p.name for p in run.iterdir()} >= {"config.json", "checkpoints", "history.csv",
+    assert {p.name for p in run.iterdir()} >= {"config.json", "checkpoint.npz", "history.csv",
                                                 "tensorboard", "model.keras", "results.json"}
     stored = json.loads((run / "config.json").read_text())
     assert stored["config"]["cutout"] == 4  # digits' default side, recorded as applied
@@ -197,7 +197,8 @@ def test_fit_network_runs_checkpoints_and_resumes_exactly(tmp_path):
     # Drop path: 0 in epoch 0, max * 1 / 2 in epoch 1; cosine lr: 0.025 then 0.0125.
     assert [float(r["drop_path_rate"]) for r in rows] == pytest.approx([0.0, 0.15])
     assert [float(r["learning_rate"]) for r in rows] == pytest.approx([0.025, 0.0125])
-    assert latest_checkpoint(run)[0] == 2
+    assert completed_epochs(run) == 2
+    assert stored["backend"] == keras.backend.backend()
     assert unbroken["epochs"] == 2 and 0.0 <= unbroken["test_top1"] <= 1.0
     assert unbroken["test_examples"] == 64
     saved = json.loads((run / "results.json").read_text())
@@ -206,9 +207,10 @@ def test_fit_network_runs_checkpoints_and_resumes_exactly(tmp_path):
     # A run whose loss turns NaN in epoch 2 stops, keeps epoch 1's checkpoint and writes
     # no model; resuming it from that checkpoint reproduces the unbroken run exactly.
     broken = tmp_path / "broken"
-    with pytest.raises(TrainingDivergedError, match=r"nan in epoch 2.*epoch_0001\.npz"):
+    with pytest.raises(TrainingDivergedError,
+                       match=r"loss became nan in epoch 2; .*checkpoint\.npz \(epoch 1\)"):
         fit_network(broken, config, verbose=0, callbacks=[_PoisonAfterFirstEpoch()])
-    assert latest_checkpoint(broken)[0] == 1
+    assert completed_epochs(broken) == 1
     assert not (broken / "model.keras").exists() and not (broken / "results.json").exists()
     resumed = fit_network(broken, resume=True, verbose=0)
     assert resumed["final_epoch_metrics"] == unbroken["final_epoch_metrics"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cli.commands.train import backend_option
-from cli.main import cli, select_backend
+from cli.main import cli, primitives_module_option, select_backend
 
 
 @cli.command()
@@ -21,6 +21,7 @@ from cli.main import cli, select_backend
               help="Base folder; the export goes to OUTPUT_DIR/NAME/VERSION.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT_DIR/NAME/VERSION.")
 @backend_option
+@primitives_module_option
 def export(model: Path, name: str | None, version: int, output_dir: Path, overwrite: bool,
            backend) -> None:
     """Export MODEL (a run's model.keras) as a SavedModel for TensorFlow Serving.

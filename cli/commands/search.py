@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.main import BACKENDS, cli, select_backend
+from cli.main import BACKENDS, cli, primitives_module_option, select_backend
 
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagenet2012")
 
@@ -61,20 +61,19 @@ DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagenet2012")
               show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use at most this many images per search half (quick runs).")
+@click.option("--primitives", default=None, metavar="A,B,...",
+              help="Candidate operations, comma-separated, in channel-slice order "
+                   "[default: the paper's 8].")
+@primitives_module_option
 def search(**options) -> None:
     """Search SWD-NAS cells on a dataset and write the genotype.
 
     Writes config.json, genotype.json, genotype.png, genotypes.jsonl, history.csv,
     TensorBoard logs and a checkpoint into the run folder.
     """
-    select_backend(options["backend"])
-    from swd_keras.search_job import (
-        SearchConfig,
-        SearchDiverged,
-        collapse_report,
-        is_run_folder,
-        run_search,
-    )
+    select_backend(options.pop("backend"))
+    from swd_keras.runs import is_run_folder
+    from swd_keras.search_job import SearchConfig, SearchDiverged, collapse_report, run_search
 
     resume = options.pop("resume")
     config = None
@@ -85,12 +84,20 @@ def search(**options) -> None:
         run_dir = Path(resume)
     else:
         output = options.pop("output")
-        config = SearchConfig(
-            upper_attention=not options.pop("no_upper_attention"),
-            lower_attention=not options.pop("no_lower_attention"),
-            normalization=not options.pop("no_normalization"), **options)
+        modules = click.get_current_context().meta["primitives_modules"]
+        if len(modules) > 1:
+            raise click.BadParameter("a search takes one primitives module (it is recorded "
+                                     "for --resume).", param_hint="--primitives-module")
+        # A file by its absolute path: a resumed run may start from another folder.
+        options["primitives_module"] = (None if not modules else str(Path(modules[0]).resolve())
+                                        if modules[0].endswith(".py") else modules[0])
+        if options["primitives"] is not None:
+            options["primitives"] = tuple(p.strip() for p in options["primitives"].split(","))
         try:
-            config.validate()
+            config = SearchConfig(
+                upper_attention=not options.pop("no_upper_attention"),
+                lower_attention=not options.pop("no_lower_attention"),
+                normalization=not options.pop("no_normalization"), **options)
         except ValueError as error:
             raise click.UsageError(str(error)) from None
         run_dir = Path(output or f"runs/search-{config.dataset}-{config.seed}")

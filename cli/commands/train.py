@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.main import BACKENDS, cli, select_backend
+from cli.main import BACKENDS, cli, primitives_module_option, select_backend
 
 # Settings stored in a run's config.json: with --resume they come from there.
 _RUN_SETTINGS = ("genotype", "dataset", "epochs", "batch_size", "channels", "layers", "lr",
@@ -63,6 +63,7 @@ backend_option = click.option(
               help="Continue the run in this folder with its stored settings.")
 @backend_option
 @click.pass_context
+@primitives_module_option
 def train(ctx: click.Context, genotype, dataset, data_dir, resume, backend, **options) -> None:
     """Retrain a genotype's network from scratch and test it once at the end.
 
@@ -154,6 +155,7 @@ def _format_results(results: dict, run_dir: Path) -> str:
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate at most N test examples.")
 @backend_option
+@primitives_module_option
 def evaluate(model: Path, dataset: str, data_dir, batch_size: int, limit, backend) -> None:
     """Test MODEL (a .keras file, e.g. RUN_DIR/model.keras) on DATASET's test split.
 

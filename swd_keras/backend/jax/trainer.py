@@ -1,120 +1,59 @@
-"""The bilevel search step on JAX: stateless, after the Keras guide "Customizing what
-happens in fit() with JAX". Runs under ``jax.jit``; all state goes in and comes out.
-
-The optimizer state is the ``BilevelOptimizer``'s: its own variables, then the
-weights optimizer's, then the attention optimizer's.
+"""The step interface of ``SWDSearchModel`` on JAX: stateless, after the Keras guide
+"Customizing what happens in fit() with JAX". Keras runs the step under ``jax.jit``
+with all state going in and coming out; the step runs ``SWDSearchModel``'s algorithm
+in a ``keras.StatelessScope`` that holds that state, so the algorithm's reads,
+assignments, metric updates and optimizer updates are those of the stateful backends.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
+import keras
+
+# JAX differentiates only inside jax.value_and_grad: a pass outside it keeps nothing.
+no_gradient = contextlib.nullcontext
 
 
-def _split(model, trainable):
-    """(attention, weights) values, in ``model.trainable_variables`` order."""
-    flags = [model.is_attention(v) for v in model.trainable_variables]
-    attention = [t for t, f in zip(trainable, flags) if f]
-    weights = [t for t, f in zip(trainable, flags) if not f]
-    return attention, weights, flags
+def loss_and_gradients(model, x, y, variables):
+    """Loss, logits and edge weights of a training-mode pass on ``x``, and the
+    gradients of the loss with respect to ``variables``; the pass's BatchNorm
+    statistics are assigned to the step's scope."""
+    current = [(v, v.value) for v in model.variables]  # the step's values
+    statistics = model.non_trainable_variables
+
+    def loss_of(values):
+        mapping = current + list(zip(variables, values))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            logits, edge_weights = model(x, training=True)
+            loss = model.search_loss(y, logits)
+        return loss, (logits, edge_weights, [scope.get_current_value(v) for v in statistics])
+
+    (loss, (logits, edge_weights, updated)), grads = jax.value_and_grad(
+        loss_of, has_aux=True)([v.value for v in variables])
+    for variable, value in zip(statistics, updated):
+        variable.assign(value)
+    return loss, logits, edge_weights, grads
 
 
-def _merge(flags, attention, weights):
-    attention, weights = iter(attention), iter(weights)
-    return [next(attention) if f else next(weights) for f in flags]
-
-
-def _loss_and_grads(model, trainable, non_trainable, x, y, wrt_attention):
-    """Loss, outputs and new non-trainable state of one forward pass, and the gradient
-    with respect to the attention (or the weight) values only."""
-    attention, weights, flags = _split(model, trainable)
-
-    def loss_fn(part):
-        merged = _merge(flags, part, weights) if wrt_attention else _merge(
-            flags, attention, part)
-        (logits, edge_weights), new_non_trainable = model.stateless_call(
-            merged, non_trainable, x, training=True)
-        return model.search_loss(y, logits), (logits, edge_weights, new_non_trainable)
-
-    part = attention if wrt_attention else weights
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(part)
-    return loss, aux, grads, attention, weights, flags
-
-
-def _update_metrics(model, metrics_variables, loss, y, logits, arch_loss):
-    new_variables, logs, offset = [], {}, 0
-    for metric in model.metrics:
-        size = len(metric.variables)
-        state = metrics_variables[offset:offset + size]
-        offset += size
-        if metric is model.loss_tracker:
-            state = metric.stateless_update_state(state, loss)
-        elif metric is model.accuracy_tracker:
-            state = metric.stateless_update_state(state, y, logits)
-        elif metric is model.arch_loss_tracker and arch_loss is not None:
-            state = metric.stateless_update_state(state, arch_loss)
-        logs[metric.name] = metric.stateless_result(state)
-        new_variables += state
-    return logs, new_variables
-
-
-def _accumulate(model, non_trainable, edge_weights):
-    """Adds this pass's edge weights to the running-mean variables."""
-    positions = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
-    non_trainable = list(non_trainable)
-    total = positions[id(model.edge_weight_sum)]
-    count = positions[id(model.edge_weight_count)]
-    non_trainable[total] = non_trainable[total] + edge_weights
-    non_trainable[count] = non_trainable[count] + 1.0
-    return non_trainable
+def _run_in_scope(step, variables, state, data):
+    """``step(data)`` with ``variables`` (groups of variables) holding ``state`` (the
+    same groups of values); returns its logs and the groups' new values."""
+    mapping = [(v, value) for group, values in zip(variables, state)
+               for v, value in zip(group, values)]
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        logs = step(data)
+    return logs, tuple([scope.get_current_value(v) for v in group] for group in variables)
 
 
 def train_step(model, state, data):
-    trainable, non_trainable, optimizer_variables, metrics_variables = state
-    (x_train, y_train), (x_val, y_val) = data
-    optimizer = model.optimizer
-    own, weights_opt, attention_opt = optimizer.split_variables(optimizer_variables)
-
-    if model.mode == "bilevel":
-        arch_loss, (_, edge_weights, non_trainable), grads, attention, weights, flags = (
-            _loss_and_grads(model, trainable, non_trainable, x_val, y_val, True))
-        attention, attention_opt = optimizer.attention_optimizer.stateless_apply(
-            attention_opt, grads, attention)
-        trainable = _merge(flags, attention, weights)
-    else:
-        (logits, edge_weights), non_trainable = model.stateless_call(
-            trainable, non_trainable, x_val, training=True)
-        arch_loss = model.search_loss(y_val, logits)
-    non_trainable = _accumulate(model, non_trainable, edge_weights)
-
-    if model.mode == "bilevel":
-        loss, (logits, _, non_trainable), grads, attention, weights, flags = (
-            _loss_and_grads(model, trainable, non_trainable, x_train, y_train, False))
-        weights, weights_opt = optimizer.weights_optimizer.stateless_apply(
-            weights_opt, grads, weights)
-        trainable = _merge(flags, attention, weights)
-    else:
-        def loss_fn(values):
-            (logits, _), new_non_trainable = model.stateless_call(
-                values, non_trainable, x_train, training=True)
-            return model.search_loss(y_train, logits), (logits, new_non_trainable)
-
-        (loss, (logits, non_trainable)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(trainable)
-        trainable, weights_opt = optimizer.weights_optimizer.stateless_apply(
-            weights_opt, grads, trainable)
-
-    logs, metrics_variables = _update_metrics(
-        model, metrics_variables, loss, y_train, logits, arch_loss)
-    return logs, (trainable, non_trainable, own + weights_opt + attention_opt,
-                  metrics_variables)
+    variables = (model.trainable_variables, model.non_trainable_variables,
+                 model.optimizer.variables, model.metrics_variables)
+    return _run_in_scope(model.search_step, variables, state, data)
 
 
 def test_step(model, state, data):
-    trainable, non_trainable, metrics_variables = state
-    x, y = data[:2]
-    (logits, _), non_trainable = model.stateless_call(trainable, non_trainable, x,
-                                                      training=False)
-    loss = model.search_loss(y, logits)
-    logs, metrics_variables = _update_metrics(model, metrics_variables, loss, y, logits, None)
-    logs.pop(model.arch_loss_tracker.name)
-    return logs, (trainable, non_trainable, metrics_variables)
+    variables = (model.trainable_variables, model.non_trainable_variables,
+                 model.metrics_variables)
+    return _run_in_scope(model.evaluation_step, variables, state, data)

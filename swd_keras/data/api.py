@@ -1,0 +1,342 @@
+"""The public data API: ``search_data``, ``train_data``, ``get_dataset_info``.
+
+Both pipelines are pure functions of ``(seed, epoch)`` (``splits``), so a resumed run
+sees exactly the batches of an unbroken one.
+
+**TensorFlow and GPUs.** tf.data feeds every Keras backend. On JAX and PyTorch,
+TensorFlow would reserve most of each GPU's memory when it first starts, so
+``search_data`` and ``train_data`` (where a pipeline is set up) hide the GPUs from
+TensorFlow first (``keep_tensorflow_off_gpus``); the data pipelines run on the CPU
+anyway. Hiding is process-wide in TensorFlow and possible only before TensorFlow starts
+its devices. ``get_dataset_info`` only reads metadata and leaves TensorFlow alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from swd_keras.data import sources
+from swd_keras.data.augment import Preprocessing
+from swd_keras.data.info import DATASETS, DatasetInfo
+from swd_keras.data.splits import (
+    SALT_SEARCH_TRAIN_AUGMENT,
+    SALT_SEARCH_TRAIN_ORDER,
+    SALT_SEARCH_VAL_AUGMENT,
+    SALT_SEARCH_VAL_ORDER,
+    SALT_TRAIN_AUGMENT,
+    SALT_TRAIN_ORDER,
+    Split,
+    epoch_batches,
+    evaluation_batches,
+    over_epochs,
+    stream_key,
+)
+
+DEFAULT_CUTOUT: dict[str, int] = {
+    "cifar10": 16,
+    "cifar100": 16,
+    "digits": 4,
+    "synthetic": 8,
+    "imagenet2012": 0,
+}
+"""``train_data``'s cutout side per dataset: half the image side (DARTS' 16 on 32x32
+CIFAR); none on ImageNet, where DARTS' retraining uses none."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchData:
+    """The bilevel search input: search-train and search-validation batches, paired.
+
+    Attributes:
+        dataset: yields ``((x_train, y_train), (x_val, y_val))``, float32 NHWC images
+            normalised per channel and int32 labels; ``steps_per_epoch`` batches of each
+            half per epoch, for the epochs ``initial_epoch .. epochs - 1``.
+        steps_per_epoch: full batches per epoch (the smaller half, remainder dropped).
+        info: the dataset's ``DatasetInfo``.
+        val_dataset: the search-validation half alone, ``(x, y)`` batches, unaugmented,
+            in a fixed order and with the remainder kept (for ``evaluate``).
+        num_train_examples: examples in the search-train half (after ``limit``).
+        num_val_examples: examples in the search-validation half (after ``limit``).
+    """
+
+    dataset: tf.data.Dataset
+    steps_per_epoch: int
+    info: DatasetInfo
+    val_dataset: tf.data.Dataset
+    num_train_examples: int
+    num_val_examples: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    """The retraining input: the whole training split, augmented, plus the test split.
+
+    Attributes:
+        dataset: yields ``(x, y)`` batches (augmentation and cutout applied),
+            ``steps_per_epoch`` per epoch, for the epochs ``initial_epoch .. epochs - 1``.
+        steps_per_epoch: full batches per epoch (remainder dropped).
+        info: the dataset's ``DatasetInfo``.
+        num_examples: training examples used (after ``limit``).
+        num_test_examples: test examples (after ``limit``).
+        batch_size: the training batch size, the default for ``test_dataset``.
+        cutout: the cutout side applied (0: none).
+    """
+
+    dataset: tf.data.Dataset
+    steps_per_epoch: int
+    info: DatasetInfo
+    num_examples: int
+    num_test_examples: int
+    batch_size: int
+    cutout: int
+    _test: Split = dataclasses.field(repr=False)
+    _preprocessing: Preprocessing = dataclasses.field(repr=False)
+
+    def test_dataset(self, batch_size: int | None = None) -> tf.data.Dataset:
+        """The test split as ``(x, y)`` batches: unaugmented, never shuffled, remainder kept.
+
+        Args:
+            batch_size: batch size; defaults to the training batch size.
+
+        Returns:
+            A ``tf.data.Dataset`` of float32 NHWC images and int32 labels.
+        """
+        size = self.batch_size if batch_size is None else _check_positive(batch_size, "batch_size")
+        return evaluation_batches(self._test, self._preprocessing, size)
+
+
+def get_dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
+    """Describes a dataset without loading its examples (tfds: metadata only).
+
+    For a tfds dataset that is not prepared yet, the split sizes are the published ones.
+    Starts no TensorFlow device (see the module's note on GPUs).
+
+    Args:
+        name: one of ``DATASETS``.
+        data_dir: tfds data folder (default: tfds' own, ``~/tensorflow_datasets``).
+
+    Returns:
+        The ``DatasetInfo``.
+
+    Example:
+        >>> get_dataset_info("cifar10").input_shape
+        (32, 32, 3)
+    """
+    _check_name(name)
+    return sources.info(name, data_dir)
+
+
+def search_data(
+    name: str,
+    batch_size: int,
+    seed: int = 0,
+    data_dir: str | None = None,
+    epochs: int = 1,
+    initial_epoch: int = 0,
+    augment: bool = True,
+    limit: int | None = None,
+) -> SearchData:
+    """The search input: the training split halved into search-train and search-validation.
+
+    The halves are a class-stratified 50/50 split of the training split drawn with
+    ``seed`` (ImageNet, streamed: tfds' ``train[:50%]`` and ``train[50%:]``); the test
+    split is not touched. Both halves get the training augmentation (as in DARTS' search).
+    On JAX and PyTorch, hides the GPUs from TensorFlow first (see the module's note).
+
+    Args:
+        name: one of ``DATASETS``.
+        batch_size: examples per batch of each half.
+        seed: non-negative integer; the split, the order of every epoch and the
+            augmentation are functions of it (and of the epoch).
+        data_dir: tfds data folder (prepared copies, or ``downloads/manual`` archives).
+        epochs: the epoch to stop before (as ``model.fit``'s ``epochs``).
+        initial_epoch: the first epoch (as ``model.fit``'s ``initial_epoch``).
+        augment: apply the training augmentation; ``False`` only normalises.
+        limit: at most this many examples per half (quick runs and tests).
+
+    Returns:
+        A ``SearchData``.
+
+    Raises:
+        ValueError: an unknown name or an invalid argument.
+        DatasetUnavailableError: a tfds dataset that is neither prepared nor obtainable.
+
+    Example:
+        >>> data = search_data("cifar10", batch_size=64, epochs=30)
+        >>> data.steps_per_epoch
+        390
+    """
+    _check_common(name, batch_size, seed, epochs, initial_epoch, limit)
+    keep_tensorflow_off_gpus()
+    source = sources.load(name, data_dir)
+    train_half, val_half = (half.limited(limit) for half in source.search_halves(seed))
+    steps = min(train_half.size, val_half.size) // batch_size
+    if steps == 0:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the search halves of {name} "
+            f"({train_half.size} and {val_half.size} examples): lower batch_size"
+            + (" or raise limit" if limit is not None else "")
+        )
+    prep = source.preprocessing
+    streams = (
+        (train_half, SALT_SEARCH_TRAIN_ORDER, SALT_SEARCH_TRAIN_AUGMENT),
+        (val_half, SALT_SEARCH_VAL_ORDER, SALT_SEARCH_VAL_AUGMENT),
+    )
+    keys = [(half, stream_key(seed, order), stream_key(seed, aug)) for half, order, aug in streams]
+
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        return tf.data.Dataset.zip(
+            tuple(
+                epoch_batches(half, prep, epoch, order, aug, batch_size, steps, augment)
+                for half, order, aug in keys
+            )
+        )
+
+    return SearchData(
+        dataset=over_epochs(initial_epoch, epochs, one_epoch),
+        steps_per_epoch=steps,
+        info=source.info,
+        val_dataset=evaluation_batches(val_half, prep, batch_size),
+        num_train_examples=train_half.size,
+        num_val_examples=val_half.size,
+    )
+
+
+def train_data(
+    name: str,
+    batch_size: int,
+    seed: int = 0,
+    data_dir: str | None = None,
+    epochs: int = 1,
+    initial_epoch: int = 0,
+    cutout: int | None = None,
+    augment: bool = True,
+    limit: int | None = None,
+) -> TrainData:
+    """The retraining input: the whole training split, augmented, with cutout.
+
+    On JAX and PyTorch, hides the GPUs from TensorFlow first (see the module's note).
+
+    Args:
+        name: one of ``DATASETS``.
+        batch_size: examples per batch.
+        seed: non-negative integer; the order of every epoch and the augmentation are
+            functions of it (and of the epoch).
+        data_dir: tfds data folder (prepared copies, or ``downloads/manual`` archives).
+        epochs: the epoch to stop before (as ``model.fit``'s ``epochs``).
+        initial_epoch: the first epoch (as ``model.fit``'s ``initial_epoch``).
+        cutout: side of the square ``cutout`` zeroes in each training image, smaller
+            than the image; 0 for none; ``None`` for the dataset's default
+            (``DEFAULT_CUTOUT``: DARTS' 16 on CIFAR, none on ImageNet). Applied only
+            with ``augment``.
+        augment: apply the training augmentation and cutout; ``False`` only normalises.
+        limit: at most this many training examples and this many test examples.
+
+    Returns:
+        A ``TrainData``.
+
+    Raises:
+        ValueError: an unknown name or an invalid argument.
+        DatasetUnavailableError: a tfds dataset that is neither prepared nor obtainable.
+
+    Example:
+        >>> data = train_data("cifar10", batch_size=96, epochs=600)
+        >>> model.fit(data.dataset, epochs=600, steps_per_epoch=data.steps_per_epoch)
+        >>> model.evaluate(data.test_dataset())
+    """
+    _check_common(name, batch_size, seed, epochs, initial_epoch, limit)
+    if cutout is None:
+        cutout = DEFAULT_CUTOUT[name]
+    if isinstance(cutout, bool) or not isinstance(cutout, int) or cutout < 0:
+        raise ValueError(f"cutout must be a non-negative integer (0 for none), got {cutout!r}")
+    keep_tensorflow_off_gpus()
+    source = sources.load(name, data_dir)
+    side = min(source.info.input_shape[:2])
+    if cutout >= side:
+        raise ValueError(
+            f"cutout={cutout} would blank whole {name} images ({side} pixels wide): use at "
+            f"most {side - 1} (the default for {name} is {DEFAULT_CUTOUT[name]})"
+        )
+    train = source.train.limited(limit)
+    test = source.test.limited(limit)
+    steps = train.size // batch_size
+    if steps == 0:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the training split of {name} "
+            f"({train.size} examples): lower batch_size"
+            + (" or raise limit" if limit is not None else "")
+        )
+    order_key = stream_key(seed, SALT_TRAIN_ORDER)
+    augment_key = stream_key(seed, SALT_TRAIN_AUGMENT)
+
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        return epoch_batches(
+            train,
+            source.preprocessing,
+            epoch,
+            order_key,
+            augment_key,
+            batch_size,
+            steps,
+            augment,
+            cutout_length=cutout,
+        )
+
+    return TrainData(
+        dataset=over_epochs(initial_epoch, epochs, one_epoch),
+        steps_per_epoch=steps,
+        info=source.info,
+        num_examples=train.size,
+        num_test_examples=test.size,
+        batch_size=batch_size,
+        cutout=cutout if augment else 0,
+        _test=test,
+        _preprocessing=source.preprocessing,
+    )
+
+
+def keep_tensorflow_off_gpus() -> None:
+    """On the JAX and PyTorch backends, hides the GPUs from TensorFlow (tf.data runs on
+    the CPU); on TensorFlow, which trains on them, does nothing.
+
+    TensorFlow's device list is process-wide and fixed once it has started: a process
+    whose TensorFlow already runs keeps its devices.
+    """
+    if keras.backend.backend() == "tensorflow":
+        return
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow already started: its device set is fixed.
+        pass
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
+
+
+def _check_positive(value: int, argument: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{argument} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_common(
+    name: str, batch_size: int, seed: int, epochs: int, initial_epoch: int, limit: int | None
+) -> None:
+    _check_name(name)
+    _check_positive(batch_size, "batch_size")
+    _check_positive(epochs, "epochs")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(initial_epoch, (int, np.integer)) or not 0 <= initial_epoch < epochs:
+        raise ValueError(
+            f"initial_epoch must be an integer in [0, epochs) = [0, {epochs}), "
+            f"got {initial_epoch!r}"
+        )
+    if limit is not None:
+        _check_positive(limit, "limit")
