@@ -31,6 +31,34 @@ def primitives_module_option(command):
              "(swd_keras.ops.register_primitive). Repeatable.")(command)
 
 
+class Devices(click.ParamType):
+    """``all`` or a positive device count, parsed once for every command."""
+
+    name = "all|N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            text = str(value)
+        else:
+            text = str(value).strip().lower()
+        if text == "all":
+            return "all"
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r} is not 'all' or a positive device count.", param, ctx)
+
+
+def devices_option(command):
+    """``--devices all|N``: the replicas the global batch is split over (the chief writes
+    the run folder; docs/SCALE.md). Unset: 1 for a new run, the recorded value for a
+    resumed one."""
+    return click.option(
+        "--devices", type=Devices(), default=None,
+        help="Data-parallel over N devices (GPUs, or host devices from XLA_FLAGS="
+             "--xla_force_host_platform_device_count=N), or all; with TF_CONFIG, every "
+             "worker's [default: 1; a resumed run: its recorded value].")(command)
+
+
 def select_backend(backend: str | None) -> None:
     """Sets the Keras backend before Keras is imported, or says why it cannot; on
     TensorFlow, then imports it without its optional imports (``cli/tensorflow_import.py``);

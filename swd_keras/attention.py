@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import keras
 from keras import layers, ops
 
+from swd_keras import replicas
+
 POOLINGS = ("avg", "max", "avg+max")
 
 
@@ -186,7 +188,9 @@ def top_channels(attention, k: int):
     batch-summed attention, one index set for the whole batch, for one edge or E edges.
 
     The indices are in increasing channel order (the paper's mask ``M`` keeps the
-    channels' order). The selection passes no gradient to the attention.
+    channels' order). The selection passes no gradient to the attention. In a
+    data-parallel step the batch sum runs over the global batch (all replicas,
+    SPEC §2.2), so every replica selects the same channels.
 
     Args:
         attention: one edge's (b, c) attention, or E edges' (E, b, c).
@@ -200,7 +204,7 @@ def top_channels(attention, k: int):
     """
     channels = attention.shape[-1]
     check_divisible(channels, k)
-    score = ops.stop_gradient(ops.sum(attention, axis=-2))
+    score = ops.stop_gradient(replicas.sum_over_replicas(ops.sum(attention, axis=-2)))
     _, top = ops.top_k(score, channels // k, sorted=True)
     return ops.cast(ops.sort(top, axis=-1), "int32")
 

@@ -46,7 +46,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from swd_keras import backend
+from swd_keras import backend, replicas
 from swd_keras.normalization import normalize_from_output
 from swd_keras.ops import (
     _BN_EPSILON,
@@ -547,8 +547,9 @@ class _Fused:
 
         from_output = output_kept and self.training and not self.first.affine
         if self.training:
-            mean, variance = ops.moments(ops.stop_gradient(x) if from_output else x,
-                                         axes=(0, 1, 2))
+            # Over the global batch: a data-parallel step equals a one-device step.
+            mean, variance = replicas.moments(ops.stop_gradient(x) if from_output else x,
+                                              axes=(0, 1, 2))
             if passthrough:
                 mean, variance = mean[:width], variance[:width]
             for moving, batch in ((0, mean), (1, variance)):

@@ -22,7 +22,7 @@ import functools
 
 from keras import ops
 
-from swd_keras import backend
+from swd_keras import backend, replicas
 
 
 def normalize_from_output(x, scale, shift, mask):
@@ -64,8 +64,10 @@ def input_gradient(output, scale, mask, grad):
         (b, h, w, c) the gradient with respect to ``x``.
     """
     axes = tuple(range(len(grad.shape) - 1))
-    mean_grad = ops.mean(grad, axis=axes)
-    mean_projection = ops.mean(grad * output, axis=axes)
+    # Means over the global batch, as the forward statistics are (replicas.moments);
+    # each replica's ``grad`` is its share of the global loss's gradient.
+    mean_grad, mean_projection = replicas.mean_over_replicas(
+        [ops.mean(grad, axis=axes), ops.mean(grad * output, axis=axes)])
     if mask is not None:
         mean_grad, mean_projection = mean_grad * mask, mean_projection * mask
     return (grad - mean_grad - output * mean_projection) * scale

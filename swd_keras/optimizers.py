@@ -8,6 +8,8 @@ from collections.abc import Callable
 import keras
 from keras import ops
 
+from swd_keras import replicas
+
 
 @keras.saving.register_keras_serializable(package="swd_keras")
 class TorchSGD(keras.optimizers.Optimizer):
@@ -18,26 +20,56 @@ class TorchSGD(keras.optimizers.Optimizer):
     ``weight_decay`` is decoupled (it bypasses the momentum), and its momentum buffer
     holds ``lr * grad`` (so a changing learning rate acts differently).
     Gradient clipping (``global_clipnorm``) happens before the decay term is added, as
-    ``clip_grad_norm_`` before ``optimizer.step()`` does.
+    ``clip_grad_norm_`` before ``optimizer.step()`` does, and on the gradient of the
+    whole step: in a data-parallel step the norm is that of the gradient summed over
+    the replicas (``replicas.clip_by_global_norm``), where Keras' own clipping would
+    clip each replica's share before the all-reduce.
 
     Args:
         learning_rate: a float or a ``keras.optimizers.schedules`` schedule.
         momentum: momentum factor.
         weight_decay: L2 coefficient added to the gradient.
-        **kwargs: base optimizer arguments (``global_clipnorm``, ``name``, ...).
+        global_clipnorm: the largest global norm of the step's gradient; None: no
+            clipping. Not with ``gradient_accumulation_steps`` (the step's gradient
+            is clipped, not the accumulated one).
+        **kwargs: base optimizer arguments (``name``, ``loss_scale_factor``, ...).
 
     Example:
         >>> opt = TorchSGD(0.025, momentum=0.9, weight_decay=3e-4, global_clipnorm=5.0)
     """
 
     def __init__(self, learning_rate=0.025, momentum: float = 0.9,
-                 weight_decay: float = 0.0, name: str = "torch_sgd", **kwargs):
+                 weight_decay: float = 0.0, name: str = "torch_sgd",
+                 global_clipnorm: float | None = None, **kwargs):
         kwargs.pop("use_ema", None)
+        if global_clipnorm is not None and (kwargs.get("clipnorm") is not None
+                                            or kwargs.get("clipvalue") is not None):
+            raise ValueError("Only one of clipnorm, clipvalue and global_clipnorm can be set, "
+                             f"got global_clipnorm={global_clipnorm}, "
+                             f"clipnorm={kwargs.get('clipnorm')}, "
+                             f"clipvalue={kwargs.get('clipvalue')}.")
+        if global_clipnorm is not None and kwargs.get("gradient_accumulation_steps"):
+            raise ValueError("global_clipnorm cannot be combined with "
+                             "gradient_accumulation_steps in TorchSGD, got "
+                             f"gradient_accumulation_steps="
+                             f"{kwargs['gradient_accumulation_steps']}.")
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if momentum < 0 or weight_decay < 0:
             raise ValueError(f"momentum and weight_decay must be >= 0, got momentum={momentum}, "
                              f"weight_decay={weight_decay}.")
         self.momentum, self.l2 = float(momentum), float(weight_decay)
+        # Held here, not by Keras: Keras' apply would clip each replica's share of the
+        # gradient before its all-reduce (its own ``global_clipnorm`` stays None).
+        self.clip_norm = None if global_clipnorm is None else float(global_clipnorm)
+
+    def apply(self, grads, trainable_variables=None):
+        """Clips ``grads`` to ``clip_norm`` over all replicas, then Keras' ``apply``
+        (which sums the replicas' gradients and calls ``update_step``)."""
+        if self.clip_norm:
+            # Keras unscales the gradients after this; the threshold scales with them.
+            grads = replicas.clip_by_global_norm(
+                list(grads), self.clip_norm * (self.loss_scale_factor or 1.0))
+        return super().apply(grads, trainable_variables)
 
     def build(self, var_list):
         if self.built:
@@ -46,9 +78,9 @@ class TorchSGD(keras.optimizers.Optimizer):
         self.momentum_buffers = self.add_optimizer_variables(var_list, "momentum")
 
     def update_step(self, gradient, variable, learning_rate):
-        """``torch.optim.SGD.step`` for one variable; Keras' ``apply`` has clipped
+        """``torch.optim.SGD.step`` for one variable; ``apply`` has clipped
         ``gradient`` already (``global_clipnorm``), as ``clip_grad_norm_`` does before
-        the step, and calls this only for the variables that have a gradient."""
+        the step, and Keras calls this only for the variables that have a gradient."""
         buffer = self.momentum_buffers[self._get_variable_index(variable)]
         gradient = ops.cast(gradient, variable.dtype)
         if self.l2:
@@ -58,7 +90,8 @@ class TorchSGD(keras.optimizers.Optimizer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(momentum=self.momentum, weight_decay=self.l2)
+        config.update(momentum=self.momentum, weight_decay=self.l2,
+                      global_clipnorm=self.clip_norm)
         return config
 
 

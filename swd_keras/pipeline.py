@@ -37,6 +37,7 @@ from typing import Any
 
 import keras
 
+from swd_keras.distribute import check_devices, is_chief, replica_count
 from swd_keras.genotype import CellGenotype, Genotype, default_reduction_indices
 from swd_keras.network import stacking_plan
 from swd_keras.runs import (
@@ -270,19 +271,22 @@ def _start(run_dir: Path, config: PipelineConfig, overwrite: bool,
             echo(f"{run_dir} holds this pipeline already: continuing it.")
             return state
         echo(f"{run_dir}: starting over (overwrite).")
-        shutil.rmtree(run_dir)
+        if is_chief():
+            shutil.rmtree(run_dir)
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise ValueError(f"{run_dir} exists and is not a pipeline run folder; choose another "
                          f"output folder.")
     state = {"format": PIPELINE_FORMAT, "backend": keras.backend.backend(),
              "config": config.to_json(), "finished": {}}
-    atomic_write_json(run_dir / PIPELINE_FILE, state)
+    if is_chief():
+        atomic_write_json(run_dir / PIPELINE_FILE, state)
     return state
 
 
 def _finish(run_dir: Path, state: dict[str, Any], stage: str, record: dict[str, Any]) -> None:
     state["finished"][stage] = record
-    atomic_write_json(run_dir / PIPELINE_FILE, state)
+    if is_chief():
+        atomic_write_json(run_dir / PIPELINE_FILE, state)
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -312,7 +316,8 @@ class PipelineResult:
 def run_pipeline(config: PipelineConfig | None = None, run_dir: str | Path = "runs/pipeline",
                  *, resume: bool = False, overwrite: bool = False,
                  echo: Callable[[str], None] = print,
-                 verbose: str | int = "auto") -> PipelineResult:
+                 verbose: str | int = "auto",
+                 devices: str | int | None = None) -> PipelineResult:
     """Searches, retrains the searched genotype and exports it, in one run folder.
 
     A new run in a folder that already holds a pipeline with the same settings continues
@@ -327,6 +332,9 @@ def run_pipeline(config: PipelineConfig | None = None, run_dir: str | Path = "ru
             pipeline run folder is ever deleted).
         echo: where progress lines go.
         verbose: Keras' progress-bar verbosity for the search and the retraining.
+        devices: replaces both stages' ``devices`` for this call (``"all"`` or a count);
+            None keeps theirs (a resumed run: the recorded ones). Every process runs the
+            stages; only the chief writes the run folder and exports.
 
     Returns:
         A ``PipelineResult``.
@@ -334,7 +342,8 @@ def run_pipeline(config: PipelineConfig | None = None, run_dir: str | Path = "ru
     Raises:
         ValueError: invalid settings, a folder that holds something else, a resume on
             another backend than the run started on, a backend the export cannot run
-            on (checked before the search starts), unavailable data.
+            on, devices that do not exist or a batch that does not split over them
+            (checked before the search starts), unavailable data.
         swd_keras.search_job.SearchDiverged, swd_keras.training.TrainingDivergedError:
             a stage's loss became NaN/inf (its last good checkpoint is kept).
         swd_keras.export.ExportError: the SavedModel failed its verification.
@@ -351,6 +360,10 @@ def run_pipeline(config: PipelineConfig | None = None, run_dir: str | Path = "ru
     else:
         if config is None:
             raise ValueError("config is required for a new run (see pipeline_config).")
+    if devices is not None:
+        devices = check_devices(devices)
+    for stage in (config.search, config.retrain):
+        replica_count(devices or stage.devices, stage.batch_size)
     try:
         check_export_backend()
     except ExportError as error:
@@ -362,15 +375,15 @@ def run_pipeline(config: PipelineConfig | None = None, run_dir: str | Path = "ru
     skipped = tuple(stage for stage in STAGES if stage in state["finished"])
     if skipped:
         echo(f"finished before, skipped: {', '.join(skipped)}")
-    genotype = _search_stage(run_dir, config, state, echo, verbose)
-    results = _train_stage(run_dir, config, state, echo, verbose)
+    genotype = _search_stage(run_dir, config, state, echo, verbose, devices)
+    results = _train_stage(run_dir, config, state, echo, verbose, devices)
     export_path = _export_stage(run_dir, config, state, echo)
     return PipelineResult(run_dir, genotype, results, export_path, dict(state["finished"]),
                           skipped)
 
 
 def _search_stage(run_dir: Path, config: PipelineConfig, state: dict,
-                  echo: Callable[[str], None], verbose) -> Genotype:
+                  echo: Callable[[str], None], verbose, devices) -> Genotype:
     if "search" in state["finished"]:
         return Genotype.load(run_dir / SEARCHED_GENOTYPE)
     folder, started = run_dir / SEARCH_DIR, time.time()
@@ -378,7 +391,7 @@ def _search_stage(run_dir: Path, config: PipelineConfig, state: dict,
     echo(f"== stage 1/3: search ({'resumed from its last checkpoint' if resuming else 'new'})"
          f", {folder}")
     result = run_search(None if resuming else config.search, folder, resume=resuming,
-                        echo=echo, verbose=verbose)
+                        echo=echo, verbose=verbose, devices=devices)
     echo(f"genotype:\n{result.genotype}\n{collapse_report(result.genotype)}")
     _finish(run_dir, state, "search", {
         "genotype": SEARCHED_GENOTYPE, "epochs": len(result.history),
@@ -388,7 +401,7 @@ def _search_stage(run_dir: Path, config: PipelineConfig, state: dict,
 
 
 def _train_stage(run_dir: Path, config: PipelineConfig, state: dict,
-                 echo: Callable[[str], None], verbose) -> dict[str, Any]:
+                 echo: Callable[[str], None], verbose, devices) -> dict[str, Any]:
     folder = run_dir / TRAIN_DIR
     if "train" in state["finished"]:
         return json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))
@@ -402,13 +415,13 @@ def _train_stage(run_dir: Path, config: PipelineConfig, state: dict,
     else:
         # fit_network writes config.json before its first epoch: a folder without it was
         # left by a start killed before then and holds nothing to resume.
-        if folder.exists():
+        if folder.exists() and is_chief():
             shutil.rmtree(folder)
         echo(f"== stage 2/3: retrain ({config.retrain.layers} cells, C={config.retrain.channels}"
              f", {config.retrain.epochs} epochs), {folder}")
         retrain = dataclasses.replace(config.retrain, genotype=str(run_dir / SEARCHED_GENOTYPE))
     results = fit_network(folder, retrain, resume=resuming, data_dir=config.search.data_dir,
-                          verbose=verbose)
+                          verbose=verbose, devices=devices)
     echo(f"test top-1 accuracy: {100 * results['test_top1']:.2f}% "
          f"({results['test_examples']} test images); parameters: {results['parameters']:,}")
     _finish(run_dir, state, "train", {
@@ -423,7 +436,7 @@ def _export_stage(run_dir: Path, config: PipelineConfig, state: dict,
     from swd_keras.export import export_savedmodel, serving_instructions
 
     relative = Path(EXPORT_DIR) / config.name / str(config.version)
-    if "export" not in state["finished"]:
+    if "export" not in state["finished"] and is_chief():
         started = time.time()
         echo(f"== stage 3/3: export and verify, {run_dir / relative}")
         # A target already there was moved into place, verified, by an export killed

@@ -37,7 +37,8 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
+
+from swd_keras.distribute import is_chief, to_numpy
 
 CONFIG_FILE, CHECKPOINT_FILE, HISTORY_FILE = "config.json", "checkpoint.npz", "history.csv"
 CHECKPOINT_FORMAT = "swd-keras/checkpoint@2"
@@ -238,7 +239,7 @@ def save_checkpoint(path: str | os.PathLike, model, state: dict[str, Any]) -> Pa
     Returns:
         The checkpoint's path.
     """
-    arrays = {key: ops.convert_to_numpy(variable.value)
+    arrays = {key: to_numpy(variable.value)
               for key, variable in _model_and_optimizer(model).items()}
     buffer = io.BytesIO()
     np.savez(buffer, state=np.array(json.dumps({"format": CHECKPOINT_FORMAT, **state})),
@@ -347,6 +348,7 @@ class RunCallback(keras.callbacks.Callback):
         super().__init__()
         self.run_dir, self.state = Path(run_dir), state
         self.diverged: str | None = None
+        self.chief = is_chief()
 
     def extra_logs(self) -> dict[str, float]:
         """More columns of the epoch's history row (read at the epoch's end)."""
@@ -370,8 +372,9 @@ class RunCallback(keras.callbacks.Callback):
         self.state["epoch"] = epoch + 1
         self.state["history"].append(row)
         self.record(epoch + 1, row)
-        save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.model, self.state)
-        write_history(self.run_dir, self.state["history"])
+        if self.chief:
+            save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.model, self.state)
+            write_history(self.run_dir, self.state["history"])
 
     def error(self, hint: str = "") -> RunDiverged:
         """The ``RunDiverged`` that says what diverged and which checkpoint is kept."""

@@ -24,7 +24,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from swd_keras import backend
+from swd_keras import backend, replicas
+from swd_keras.distribute import to_numpy
 from swd_keras.genotype import Genotype, default_reduction_indices, derive_genotype
 from swd_keras.optimizers import BilevelOptimizer, TorchSGD
 from swd_keras.supernet import attention_variables
@@ -140,8 +141,10 @@ class SWDSearchModel(keras.Model):
         optimizer.build(self.trainable_variables)
 
     def accumulate_edge_weights(self, edge_weights) -> None:
-        """Adds one validation pass's edge weights to the epoch's running mean."""
-        self.edge_weight_sum.assign_add(edge_weights)
+        """Adds one validation pass's edge weights to the epoch's running mean; in a
+        data-parallel step, their mean over the replicas' equal local batches (the
+        global batch's), so that every replica holds the same accumulators."""
+        self.edge_weight_sum.assign_add(replicas.mean_over_replicas(edge_weights))
         self.edge_weight_count.assign_add(1.0)
 
     def record_metrics(self, loss, y, logits, arch_loss=None) -> dict:
@@ -220,8 +223,7 @@ class SWDSearchModel(keras.Model):
 
     def edge_weights(self) -> np.ndarray:
         """The running mean of this epoch's edge weights, (L, 14, n) NumPy."""
-        count = float(ops.convert_to_numpy(self.edge_weight_count))
-        total = ops.convert_to_numpy(self.edge_weight_sum)
+        count, total = float(to_numpy(self.edge_weight_count)), to_numpy(self.edge_weight_sum)
         if count == 0:
             raise ValueError("No edge weights were accumulated yet: train at least one step.")
         return total / count

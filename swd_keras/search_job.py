@@ -18,6 +18,7 @@ from pathlib import Path
 
 import keras
 
+from swd_keras.distribute import check_devices, data_parallel, replica_count
 from swd_keras.genotype import Genotype
 from swd_keras.runs import (
     CHECKPOINT_FILE,
@@ -77,10 +78,14 @@ class SearchConfig(RunConfig):
     primitives_module: str | None = None
     """A module or ``.py`` file that registers users' primitives
     (``swd_keras.ops.import_primitives``); imported again when the run resumes."""
+    devices: int | str = 1
+    """``"all"`` or a device count: the replicas the global ``batch_size`` is split over
+    (``swd_keras.distribute.data_parallel``)."""
 
     def __post_init__(self) -> None:
         if self.primitives is not None:  # JSON gives a list; a tuple keeps the config hashable
             object.__setattr__(self, "primitives", tuple(self.primitives))
+        object.__setattr__(self, "devices", check_devices(self.devices))
         super().__post_init__()
 
     def validate(self) -> SearchConfig:
@@ -217,7 +222,8 @@ class SearchRunCallback(RunCallback):
     def record(self, epoch: int, row: dict[str, float]) -> None:
         genotype = self.model.genotype(normalize=self.config.normalization)
         self.state["genotypes"].append({"epoch": epoch, "genotype": genotype.to_dict()})
-        write_genotypes(self.run_dir, self.state["genotypes"], genotype)
+        if self.chief:
+            write_genotypes(self.run_dir, self.state["genotypes"], genotype)
         self._epoch_line = f"epoch {epoch}: {genotype}"
 
 
@@ -244,8 +250,12 @@ class SearchResult:
 
 def run_search(config: SearchConfig | None = None, run_dir: str | Path = "runs/search",
                resume: bool = False, echo: Callable[[str], None] = print,
-               verbose: str | int = "auto") -> SearchResult:
+               verbose: str | int = "auto", devices: str | int | None = None) -> SearchResult:
     """Runs (or resumes) a search and returns its final genotype.
+
+    Data-parallel over ``config.devices`` (``swd_keras.distribute.data_parallel``): every
+    process searches, only the chief writes the run folder, and every process resumes
+    from the same checkpoint, so the folder must be shared between hosts.
 
     Args:
         config: the settings (ignored when resuming: the run folder's config is used).
@@ -254,14 +264,22 @@ def run_search(config: SearchConfig | None = None, run_dir: str | Path = "runs/s
             backend it started on.
         echo: where progress lines go.
         verbose: Keras' progress-bar verbosity.
+        devices: replaces the config's ``devices`` for this call (``"all"`` or a count);
+            None keeps it (a resumed run: the recorded one). A step on N replicas equals
+            the one-device step on the same global batch, so a run may resume on another
+            device count; ``config.json`` keeps the count it started with.
 
     Returns:
         A ``SearchResult`` with the genotype of the last epoch.
 
     Raises:
         ValueError: a bad setting or run folder, a resume on another backend than the
-            run started on, or unavailable data; nothing is written then.
+            run started on, devices that do not exist or a batch that does not split
+            over them, or unavailable data; nothing is written then.
         SearchDiverged: the loss became NaN/inf (the last good checkpoint is kept).
+
+    Example:
+        >>> run_search(SearchConfig(dataset="digits", devices=2), "runs/digits")
     """
     from swd_keras.data import search_data
 
@@ -270,46 +288,55 @@ def run_search(config: SearchConfig | None = None, run_dir: str | Path = "runs/s
         config = SearchConfig.from_json(resume_run(run_dir, "search")["config"])
     else:
         config = config or SearchConfig()
+        # Every process checks before the first collective step (variable creation), so
+        # no process can see the chief's config.json here.
         check_new_run_folder(run_dir)
+    if devices is not None:
+        config = dataclasses.replace(config, devices=devices)
+    replica_count(config.devices, config.batch_size)
     initial_epoch = completed_epochs(run_dir) if resume else 0
     if initial_epoch >= config.epochs:
         echo(f"{run_dir} already finished all {config.epochs} epochs.")
         return _result(run_dir, config, started)
 
-    echo(f"[1/3] loading {config.dataset} ...")
-    data = search_data(config.dataset, config.batch_size, seed=config.seed,
-                       data_dir=config.data_dir, epochs=config.epochs,
-                       initial_epoch=initial_epoch, limit=config.limit)
-    echo(f"      {data.num_train_examples} search-train / {data.num_val_examples} "
-         f"search-val images, {data.steps_per_epoch} steps per epoch, images "
-         f"{tuple(data.info.input_shape)}, {data.info.num_classes} classes")
-    echo(f"[2/3] building the supernet ({config.layers} cells, C={config.channels}, "
-         f"k={config.k}, {config.method}, {keras.backend.backend()}) ...")
-    keras.utils.set_random_seed(config.seed)
-    model = build_search_model(config, data.info.input_shape, data.info.num_classes,
-                               data.steps_per_epoch)
-    state = {"epoch": 0, "history": [], "genotypes": []}
-    if initial_epoch:
-        state = load_checkpoint(run_dir / CHECKPOINT_FILE, model)
-        echo(f"      resumed after epoch {state['epoch']}")
-    if not resume:
-        start_run(run_dir, "search", config)
-    echo("[3/3] searching; first the step is traced and compiled (~25 s for the paper's "
-         "setting on 2 CPU cores) ...")
-    callback = SearchRunCallback(run_dir, config, state, echo)
-    callbacks = [callback]
-    if _has_tensorflow():
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs")))
-    model.fit(data.dataset, epochs=config.epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=data.steps_per_epoch, callbacks=callbacks, shuffle=False,
-              verbose=verbose)
+    with data_parallel(config.devices):
+        echo(f"[1/3] loading {config.dataset} ...")
+        data = search_data(config.dataset, config.batch_size, seed=config.seed,
+                           data_dir=config.data_dir, epochs=config.epochs,
+                           initial_epoch=initial_epoch, limit=config.limit)
+        echo(f"      {data.num_train_examples} search-train / {data.num_val_examples} "
+             f"search-val images, {data.steps_per_epoch} steps per epoch, images "
+             f"{tuple(data.info.input_shape)}, {data.info.num_classes} classes")
+        echo(f"[2/3] building the supernet ({config.layers} cells, C={config.channels}, "
+             f"k={config.k}, {config.method}, {keras.backend.backend()}) ...")
+        keras.utils.set_random_seed(config.seed)
+        model = build_search_model(config, data.info.input_shape, data.info.num_classes,
+                                   data.steps_per_epoch)
+        state = {"epoch": 0, "history": [], "genotypes": []}
+        if initial_epoch:
+            state = load_checkpoint(run_dir / CHECKPOINT_FILE, model)
+            echo(f"      resumed after epoch {state['epoch']}")
+        callback = SearchRunCallback(run_dir, config, state, echo)
+        if not resume and callback.chief:
+            start_run(run_dir, "search", config)
+        echo("[3/3] searching; first the step is traced and compiled (~25 s for the paper's "
+             "setting on 2 CPU cores) ...")
+        callbacks = [callback]
+        if callback.chief and _has_tensorflow():
+            callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs")))
+        model.fit(data.dataset, epochs=config.epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=data.steps_per_epoch, callbacks=callbacks, shuffle=False,
+                  verbose=verbose)
     if callback.diverged:
         raise callback.error("lower --lr or --arch-lr and start again")
-    return _result(run_dir, config, started)
+    return _result(run_dir, config, started, state)
 
 
-def _result(run_dir: Path, config: SearchConfig, started: float) -> SearchResult:
-    state = checkpoint_state(run_dir)
+def _result(run_dir: Path, config: SearchConfig, started: float,
+            state: dict | None = None) -> SearchResult:
+    """The result from the job state: this process's own (a worker may finish before
+    the chief has written the last checkpoint), else the run's checkpoint."""
+    state = state or checkpoint_state(run_dir)
     genotype = Genotype.from_dict(state["genotypes"][-1]["genotype"])
     return SearchResult(genotype, run_dir, config.dataset, state["history"],
                         time.time() - started)

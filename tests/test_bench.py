@@ -108,3 +108,90 @@ def test_bad_options_are_one_clear_line(script, args):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "error:" in result.stderr.strip().splitlines()[-1]
+
+
+def device_check(*args, env=None, timeout=60):
+    return subprocess.run(["bash", str(BENCH / "device_check.sh"), *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def table(stdout: str, first_cell: str) -> list[list[str]]:
+    """The cells of the Markdown rows of ``stdout`` whose first cell is ``first_cell``."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in stdout.splitlines() if line.startswith("|")]
+    return [row for row in rows if row[0] == first_cell]
+
+
+def test_device_check_quick_runs_the_tiny_step_without_tensorflow(tmp_path):
+    # The GPU machine has no TensorFlow: here `import tensorflow` fails in every process
+    # the check starts, so anything on the path that imports it fails the run. PyTorch:
+    # the same code path as JAX's part, without minutes of XLA compiling for the CPU.
+    shim = tmp_path / "no_tensorflow"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text('import sys\n\nsys.modules["tensorflow"] = None\n')
+    env = {"KERAS_BACKEND": "torch", "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join([str(shim), str(BENCH.parent)]),
+           "DEVICE_CHECK_RESULTS": str(tmp_path / "results")}
+    blocked = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True,
+                             env={**os.environ, **env})
+    assert blocked.returncode != 0  # the shim holds
+    result = device_check("--quick", "--parts", "correctness-torch", env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "correctness-torch: ok" in result.stdout
+    [row] = table(result.stdout, "step")
+    assert row[1] == "torch" and row[2].startswith("cpu vs cpu")
+    assert row[-1] == "PASS (tolerance 0.0001)"
+    assert float(row[4]) == 0.0  # one computation, twice, from the same initial weights
+    import numpy as np
+
+    folder = tmp_path / "results" / "correctness-torch"
+    with (np.load(folder / "cpu.npz") as run, np.load(folder / "accelerator.npz") as other,
+          np.load(folder / "initial_weights.npz") as initial):
+        assert run["edge weights"].shape == (1, 14, 8)  # --quick: one cell
+        assert run["step losses"].shape == (2, 2) and np.isfinite(run["step losses"]).all()
+        assert run.files == other.files
+        # Every model variable (the initial weights) and the optimizers' variables.
+        assert len(run.files) - 2 > len(initial.files) > 100
+
+
+def test_device_check_projection_and_differences(tmp_path):
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("device_check", BENCH / "device_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    reference = {"a": np.array([0.5, -3.0]), "b": np.zeros((2, 2))}
+    other = {"a": np.array([0.5 + 2e-5, -3.03]), "b": np.zeros((2, 2))}
+    assert check.largest_difference(reference, reference) == (0.0, "")
+    difference, where = check.largest_difference(reference, other)
+    assert where == "a" and difference == pytest.approx(0.03 / 3.0)
+    assert check.largest_difference(reference, {"a": reference["a"]})[0] == float("inf")
+    assert check.largest_difference({"a": np.ones(2)}, {"a": np.ones(3)})[0] == float("inf")
+
+    def speed(backend, step, first):
+        return {"backend": backend, "device": "GPU", "precision": "float32",
+                "batch_size": 64, "step_s": step, "first_step_s": first}
+
+    (tmp_path / "speed-jax.json").write_text(json.dumps(
+        [speed("jax", 0.05, 40.0), {**speed("jax", 0.01, 9.0), "batch_size": 128},
+         {**speed("jax", 0.04, 60.0), "precision": "mixed_bfloat16"}]))
+    (tmp_path / "speed-torch.json").write_text(json.dumps([speed("torch", 0.3, 5.0)]))
+    result = device_check("--parts", "projection",
+                          env={"DEVICE_CHECK_RESULTS": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    rows = {row[0]: row for row in table(result.stdout, "jax") + table(result.stdout, "torch")}
+    # The fastest batch-64 row per backend: 11,730 steps x step + the first step.
+    assert rows["jax"][2:6] == ["mixed_bfloat16", "0.0400", "60.0",
+                               f"{(11730 * 0.04 + 60) / 3600:.2f} h "
+                               f"({(11730 * 0.04 + 60) / 60:.0f} min)"]
+    assert rows["jax"][6] == "fastest" and rows["torch"][6] == ""
+    assert rows["torch"][5].startswith(f"{(11730 * 0.3 + 5) / 3600:.2f} h")
+
+
+@pytest.mark.parametrize("args", [["--parts", "speed-tensorflow"], ["--fast"], ["--parts"]])
+def test_device_check_bad_options_are_one_clear_line(args):
+    result = device_check(*args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")

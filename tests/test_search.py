@@ -202,8 +202,9 @@ def test_frozen_layers_after_a_recompile_stay_unchanged():
     assert any(not np.array_equal(after[p], trained[p]) for p in trained)
 
 
-@pytest.mark.backend
-@pytest.mark.parametrize("method", ["swd", "darts"])
+# The recomputation is one backend code path for both methods: checked on every
+# backend for one of them (each case compiles two search steps).
+@pytest.mark.parametrize("method", [pytest.param("swd", marks=pytest.mark.backend), "darts"])
 def test_rematerialized_edges_give_the_same_step(method):
     # Recomputing the edges for the gradient is the same arithmetic: the same weights,
     # attention and BatchNorm statistics (updated once, not again by the recomputation).
@@ -339,8 +340,10 @@ def test_train_function_traces_once_per_batch_shape(monkeypatch):
     assert traces == [(4, 8, 8, 1), (2, 8, 8, 1)]
 
 
-@pytest.mark.backend
-@pytest.mark.parametrize("packed", ["pair", "x_and_y"])
+# How the pair is unpacked is backend-independent (search_step): each backend's
+# train_on_batch is checked once.
+@pytest.mark.parametrize("packed", [pytest.param("pair", marks=pytest.mark.backend),
+                                    "x_and_y"])
 def test_train_on_batch_steps_and_returns_the_logs(packed):
     # Keras hands train_step (x, y, sample_weight); the step finds its pair in either
     # way of passing it, and takes the same step as fit.

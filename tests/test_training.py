@@ -91,7 +91,8 @@ def test_make_optimizer_config_round_trip_keeps_coupled_decay():
     clone = TorchSGD.from_config(optimizer.get_config())
     assert clone.get_config()["weight_decay"] == pytest.approx(3e-4)
     assert clone.weight_decay is None  # Keras' decoupled decay stays off
-    assert clone.global_clipnorm == pytest.approx(5.0)
+    assert clone.clip_norm == pytest.approx(5.0)
+    assert clone.global_clipnorm is None  # Keras' own (per-replica) clipping stays off
     with pytest.raises(ValueError, match="minimum_learning_rate"):
         make_optimizer(0.01, 4, 10, minimum_learning_rate=0.1)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cli.commands.search import DATASETS
-from cli.main import BACKENDS, cli, select_backend
+from cli.main import BACKENDS, cli, devices_option, select_backend
 
 # Options that make up the run's settings: with --resume they come from pipeline.json.
 _SETTINGS = ("dataset", "data_dir", "seed", "search_epochs", "search_batch_size",
@@ -64,9 +64,10 @@ _STAGE_FIELDS = {
               help="Exported version folder number.")
 @click.option("--overwrite", is_flag=True,
               help="Start over: delete the pipeline run that --output holds.")
+@devices_option
 @click.pass_context
 def run(ctx: click.Context, resume: Path | None, output: Path | None, backend: str | None,
-        **options) -> None:
+        devices, **options) -> None:
     """Search cells, retrain the genotype and export a verified SavedModel, in one folder.
 
     RUN_DIR holds pipeline.json (settings and finished stages), search/, train/ and
@@ -99,6 +100,8 @@ def run(ctx: click.Context, resume: Path | None, output: Path | None, backend: s
             if options[option] is not None:
                 for name in ("search", "retrain") if stage == "both" else (stage,):
                     stages[name][field] = options[option]
+        if devices is not None:
+            stages["search"]["devices"] = stages["retrain"]["devices"] = devices
         try:
             config = pipeline_config(options["dataset"], seed=options["seed"],
                                      data_dir=options["data_dir"], search=stages["search"],
@@ -108,7 +111,8 @@ def run(ctx: click.Context, resume: Path | None, output: Path | None, backend: s
             raise click.UsageError(str(error)) from None
     try:
         result = run_pipeline(config, run_dir, resume=resume is not None,
-                              overwrite=options["overwrite"], echo=click.echo)
+                              overwrite=options["overwrite"], echo=click.echo,
+                              devices=devices if resume else None)
     except (SearchDiverged, TrainingDivergedError, ExportError) as error:
         raise click.ClickException(str(error)) from None
     except ValueError as error:

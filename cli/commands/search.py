@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.main import BACKENDS, cli, primitives_module_option, select_backend
+from cli.main import BACKENDS, cli, devices_option, primitives_module_option, select_backend
 
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagenet2012")
 
@@ -64,6 +64,7 @@ DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagenet2012")
 @click.option("--primitives", default=None, metavar="A,B,...",
               help="Candidate operations, comma-separated, in channel-slice order "
                    "[default: the paper's 8].")
+@devices_option
 @primitives_module_option
 def search(**options) -> None:
     """Search SWD-NAS cells on a dataset and write the genotype.
@@ -75,7 +76,7 @@ def search(**options) -> None:
     from swd_keras.runs import is_run_folder
     from swd_keras.search_job import SearchConfig, SearchDiverged, collapse_report, run_search
 
-    resume = options.pop("resume")
+    resume, devices = options.pop("resume"), options.pop("devices")
     config = None
     if resume is not None:
         if not is_run_folder(resume):
@@ -103,7 +104,7 @@ def search(**options) -> None:
         run_dir = Path(output or f"runs/search-{config.dataset}-{config.seed}")
     try:
         result = run_search(None if resume else config, run_dir, resume=resume is not None,
-                            echo=click.echo)
+                            echo=click.echo, devices=devices)
     except SearchDiverged as error:
         raise click.ClickException(str(error)) from None
     except ValueError as error:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.main import BACKENDS, cli, primitives_module_option, select_backend
+from cli.main import BACKENDS, cli, devices_option, primitives_module_option, select_backend
 
 # Settings stored in a run's config.json: with --resume they come from there.
 _RUN_SETTINGS = ("genotype", "dataset", "epochs", "batch_size", "channels", "layers", "lr",
@@ -62,9 +62,11 @@ backend_option = click.option(
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Continue the run in this folder with its stored settings.")
 @backend_option
+@devices_option
 @click.pass_context
 @primitives_module_option
-def train(ctx: click.Context, genotype, dataset, data_dir, resume, backend, **options) -> None:
+def train(ctx: click.Context, genotype, dataset, data_dir, resume, backend, devices,
+          **options) -> None:
     """Retrain a genotype's network from scratch and test it once at the end.
 
     Writes a run folder (config.json, a checkpoint per epoch, history.csv, tensorboard/,
@@ -110,7 +112,8 @@ def train(ctx: click.Context, genotype, dataset, data_dir, resume, backend, **op
         config, run_dir = None, resume
 
     try:
-        results = fit_network(run_dir, config, resume=resume is not None, data_dir=data_dir)
+        results = fit_network(run_dir, config, resume=resume is not None, data_dir=data_dir,
+                              devices=devices)
     except TrainingDivergedError as error:
         raise click.ClickException(str(error)) from None
     except ValueError as error:

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from swd_keras.cells import check_drop_path_rate
+from swd_keras.distribute import check_devices
 from swd_keras.runs import RunConfig, read_run
 
 RESULTS_FILE, MODEL_FILE, TENSORBOARD_DIR = "results.json", "model.keras", "tensorboard"
@@ -52,6 +53,8 @@ class RetrainConfig(RunConfig):
         label_smoothing: label smoothing of the loss.
         seed: seed of initialisation, data order, augmentation and drop path.
         limit: use at most this many training and test examples (smoke runs).
+        devices: ``"all"`` or a device count: the replicas ``batch_size`` is split over
+            (``swd_keras.distribute.data_parallel``).
     """
 
     genotype: str
@@ -72,6 +75,11 @@ class RetrainConfig(RunConfig):
     label_smoothing: float = 0.0
     seed: int = 0
     limit: int | None = None
+    devices: int | str = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "devices", check_devices(self.devices))
+        super().__post_init__()
 
     def validate(self) -> RetrainConfig:
         """Raises a ValueError naming the first bad setting; returns self."""

@@ -26,7 +26,10 @@ def evaluate_network(model: keras.Model, dataset, top_k: tuple[int, ...] = (1,))
     examples = 0
     batches = dataset.as_numpy_iterator() if hasattr(dataset, "as_numpy_iterator") else dataset
     for images, labels in batches:
-        logits = ops.convert_to_numpy(model.predict_on_batch(images))
+        # predict, not predict_on_batch: under a tf.distribute strategy Keras 3's
+        # predict_on_batch hands every replica the whole batch (and concatenates them).
+        logits = ops.convert_to_numpy(model.predict(images, batch_size=len(images),
+                                                    verbose=0))
         labels = np.asarray(labels).reshape(-1)
         # Rank of the true class: how many classes score strictly higher.
         true_scores = logits[np.arange(len(labels)), labels]

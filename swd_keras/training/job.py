@@ -25,6 +25,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from swd_keras.distribute import data_parallel, is_chief, replica_count
 from swd_keras.genotype import Genotype, get_genotype
 from swd_keras.network import build_network, count_parameters, inference_model, stacking_plan
 from swd_keras.runs import (
@@ -57,7 +58,8 @@ TrainingDivergedError = RunDiverged
 def fit_network(run_dir: str | os.PathLike, config: RetrainConfig | None = None, *,
                 resume: bool = False, data_dir: str | None = None,
                 verbose: str | int = "auto",
-                callbacks: list[keras.callbacks.Callback] | None = None) -> dict[str, Any]:
+                callbacks: list[keras.callbacks.Callback] | None = None,
+                devices: str | int | None = None) -> dict[str, Any]:
     """Retrains a genotype's network in a run folder, or resumes one; returns the results.
 
     Each epoch ends with a checkpoint (model, optimizer, epoch, drop-path and seed states,
@@ -65,6 +67,10 @@ def fit_network(run_dir: str | os.PathLike, config: RetrainConfig | None = None,
     the result of an unbroken run (the data pipeline is a function of seed and epoch).
     After the last epoch the inference model is saved as ``model.keras`` and evaluated
     once on the test split; ``results.json`` records it.
+
+    Data-parallel over ``config.devices`` (``swd_keras.distribute.data_parallel``): every
+    process trains and tests, only the chief writes the run folder, and every process
+    resumes from the same checkpoint (a folder shared between hosts).
 
     Args:
         run_dir: the run folder (created; it must be new or empty unless ``resume``).
@@ -75,6 +81,8 @@ def fit_network(run_dir: str | os.PathLike, config: RetrainConfig | None = None,
         verbose: ``model.fit``'s verbosity (``"auto"``: progress bar).
         callbacks: more callbacks for ``model.fit``; they run after the epoch's
             checkpoint is written.
+        devices: replaces the config's ``devices`` for this call (``"all"`` or a count);
+            None keeps it (a resumed run: the recorded one; ``config.json`` keeps it).
 
     Returns:
         The results: ``test_top1`` (and ``test_top5`` for ImageNet), ``parameters``,
@@ -84,7 +92,8 @@ def fit_network(run_dir: str | os.PathLike, config: RetrainConfig | None = None,
         ValueError: invalid settings, an unknown genotype or one that does not fit
             ``layers``, ``run_dir`` already holding files (without ``resume``), not
             holding a retraining run, or holding one of another backend (with
-            ``resume``); nothing is written then.
+            ``resume``), devices that do not exist or a batch that does not split over
+            them; nothing is written then.
         swd_keras.data.DatasetUnavailableError: the dataset is not available.
         TrainingDivergedError: the loss became NaN or infinite.
     """
@@ -100,23 +109,31 @@ def fit_network(run_dir: str | os.PathLike, config: RetrainConfig | None = None,
     else:
         if config is None:
             raise ValueError("config is required for a new run.")
+        # Every process checks before the first collective step (variable creation), so
+        # no process can see the chief's config.json here.
         check_new_run_folder(run_dir)
         genotype = get_genotype(config.genotype)
+    if devices is not None:
+        config = dataclasses.replace(config, devices=devices)
     stacking_plan(genotype, config.layers)
+    replica_count(config.devices, config.batch_size)
     done = completed_epochs(run_dir) if resume else 0
 
-    data = _training_data(config, data_dir, done)
-    config = dataclasses.replace(config, cutout=data.cutout)  # record the side applied
-    model = _compiled_network(config, genotype, data)
-    state = {"epoch": 0, "history": []}
-    if done:
-        state = load_checkpoint(run_dir / CHECKPOINT_FILE, model)
-        write_history(run_dir, state["history"])
-    else:
-        _start(run_dir, config, genotype, data.info)
-    if done < config.epochs:
-        _train(model, config, data, run_dir, state, verbose, callbacks or [])
-    return _test(model, config, data, run_dir, state)
+    with data_parallel(config.devices):
+        chief = is_chief()
+        data = _training_data(config, data_dir, done)
+        config = dataclasses.replace(config, cutout=data.cutout)  # record the side applied
+        model = _compiled_network(config, genotype, data)
+        state = {"epoch": 0, "history": []}
+        if done:
+            state = load_checkpoint(run_dir / CHECKPOINT_FILE, model)
+            if chief:
+                write_history(run_dir, state["history"])
+        elif chief:
+            _start(run_dir, config, genotype, data.info)
+        if done < config.epochs:
+            _train(model, config, data, run_dir, state, verbose, callbacks or [])
+        return _test(model, config, data, run_dir, state, chief)
 
 
 def _training_data(config: RetrainConfig, data_dir: str | None, done: int):
@@ -167,21 +184,23 @@ def _train(model: keras.Model, config: RetrainConfig, data, run_dir: Path, state
            verbose, callbacks: list[keras.callbacks.Callback]) -> None:
     recorder = _EpochRecorder(run_dir, state)
     dataset = with_auxiliary_targets(data.dataset) if config.auxiliary else data.dataset
+    logs = ([keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR), write_graph=False)]
+            if recorder.chief else [])
     model.fit(dataset, epochs=config.epochs, initial_epoch=state["epoch"],
               steps_per_epoch=data.steps_per_epoch, verbose=verbose, shuffle=False,
-              callbacks=[DropPathSchedule(config.drop_path, config.epochs), recorder,
-                         keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR),
-                                                     write_graph=False),
+              callbacks=[DropPathSchedule(config.drop_path, config.epochs), recorder, *logs,
                          *callbacks])
     if recorder.diverged is not None:
         raise recorder.error()
 
 
 def _test(model: keras.Model, config: RetrainConfig, data, run_dir: Path,
-          state: dict) -> dict[str, Any]:
-    """Saves the inference model, tests it once and writes ``results.json``."""
+          state: dict, chief: bool) -> dict[str, Any]:
+    """Tests the inference model once (on every process); the chief saves it and writes
+    ``results.json``."""
     final = inference_model(model)
-    save_model(final, run_dir / MODEL_FILE)
+    if chief:
+        save_model(final, run_dir / MODEL_FILE)
     scores = evaluate_network(final, data.test_dataset(),
                               top_k=(1, 5) if config.head == "imagenet" else (1,))
     results = {
@@ -191,7 +210,8 @@ def _test(model: keras.Model, config: RetrainConfig, data, run_dir: Path,
         "final_epoch_metrics": state["history"][-1] if state["history"] else {},
         "model": MODEL_FILE,
     }
-    atomic_write_json(run_dir / RESULTS_FILE, results)
+    if chief:
+        atomic_write_json(run_dir / RESULTS_FILE, results)
     return results
 
 

@@ -18,6 +18,7 @@ import weakref
 
 import tensorflow as tf
 
+from swd_keras import replicas
 from swd_keras.backend.tensorflow import internals
 
 _FORWARD_BACKWARD = weakref.WeakKeyDictionary()
@@ -56,17 +57,29 @@ def fit_scope(model):
 def forward_backward(model):
     """``(x, y) -> (loss, logits, edge_weights, gradients)``, the gradients in
     ``model.trainable_variables`` order; one ``tf.function`` per model, made anew when
-    its trainable variables or its ``jit_compile`` change."""
+    its trainable variables or its ``jit_compile`` change.
+
+    On several replicas (a ``tf.distribute`` strategy) each replica's gradients are
+    those of its share of the global batch's mean loss, ``loss / replicas``, which
+    Keras' optimizer sums over the replicas; the loss returned is the local batch's
+    mean, for the metrics. There the function runs inline in the step: a nested
+    ``tf.function`` cannot hold the cross-replica reductions of the forward and
+    backward passes.
+    """
     variables = model.trainable_variables
+    count = replicas.num_replicas()
+
+    def run(x, y):
+        with tf.GradientTape() as tape:
+            logits, edge_weights = model(x, training=True)
+            loss = model.search_loss(y, logits)
+            share = loss if count == 1 else loss * (1.0 / count)
+        return loss, logits, edge_weights, tape.gradient(share, variables)
+
+    if count > 1:
+        return run
     key = (tuple(id(v) for v in variables), model.jit_compile)
     if _FORWARD_BACKWARD.get(model, (None,))[0] != key:
-
-        def run(x, y):
-            with tf.GradientTape() as tape:
-                logits, edge_weights = model(x, training=True)
-                loss = model.search_loss(y, logits)
-            return loss, logits, edge_weights, tape.gradient(loss, variables)
-
         # XLA compiles the step as one cluster and inlines the call itself.
         attributes = None if model.jit_compile else {"_noinline": True}
         _FORWARD_BACKWARD[model] = key, tf.function(run, autograph=False,
