@@ -22,6 +22,7 @@ import keras
 from keras import layers, ops
 
 from swd_keras import replicas
+from swd_keras.replica_batch_norm import ReplicaBatchNormalization
 
 PRIMITIVES: tuple[str, ...] = (
     "sep_conv_3x3",
@@ -52,30 +53,6 @@ def make_batch_norm(affine: bool, name: str | None = None) -> layers.BatchNormal
     kind = ReplicaBatchNormalization if synchronized else layers.BatchNormalization
     return kind(momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, center=affine, scale=affine,
                 name=name, synchronized=synchronized)
-
-
-@keras.saving.register_keras_serializable(package="swd_keras")
-class ReplicaBatchNormalization(layers.BatchNormalization):
-    """Keras' ``BatchNormalization`` with cross-replica statistics
-    (``synchronized=True``), saved without that setting.
-
-    Where a layer's statistics come from is a property of where it runs, not of the
-    model: a network trained on several TensorFlow replicas loads as a plain
-    BatchNormalization on one device and on every backend (Keras refuses
-    ``synchronized=True`` outside TensorFlow).
-
-    Args:
-        **kwargs: ``keras.layers.BatchNormalization`` arguments.
-
-    Example:
-        >>> with tf.distribute.MirroredStrategy().scope():
-        ...     bn = ReplicaBatchNormalization(synchronized=True)
-    """
-
-    def get_config(self):
-        config = super().get_config()
-        config.pop("synchronized", None)
-        return config
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:

@@ -119,7 +119,8 @@ def test_a_cross_replica_batch_norm_is_saved_as_a_plain_one():
     # every backend: Keras refuses synchronized=True outside TensorFlow.
     if keras.backend.backend() != "tensorflow":
         pytest.skip("synchronized=True exists on TensorFlow only")
-    from swd_keras.ops import ReplicaBatchNormalization, make_batch_norm
+    from swd_keras.ops import make_batch_norm
+    from swd_keras.replica_batch_norm import ReplicaBatchNormalization
 
     layer = ReplicaBatchNormalization(synchronized=True, center=False, scale=False)
     config = layer.get_config()
