@@ -332,7 +332,7 @@ def speed_step(config: dict) -> dict:
 
 
 def speed(args: argparse.Namespace) -> int:
-    from cli.allocator import allocator_environment
+    from swd_keras.cli.allocator import allocator_environment
 
     backend = os.environ["KERAS_BACKEND"]
     print_table(f"Speed: the paper's search step ({backend}, C=16, 5 cells, k=4, "

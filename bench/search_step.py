@@ -31,8 +31,8 @@ import subprocess
 import sys
 import time
 
-from cli.allocator import allocator_environment
-from cli.tensorflow_import import import_tensorflow_without_optional_imports
+from swd_keras.cli.allocator import allocator_environment
+from swd_keras.cli.tensorflow_import import import_tensorflow_without_optional_imports
 
 _PROCESS_START = time.perf_counter()
 

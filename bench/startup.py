@@ -41,8 +41,8 @@ import time
 
 _PROCESS_START = time.perf_counter()
 
-from cli.allocator import restart_with_allocator_setting  # noqa: E402  (imports no keras)
-from cli.tensorflow_import import import_tensorflow_without_optional_imports  # noqa: E402
+from swd_keras.cli.allocator import restart_with_allocator_setting  # noqa: E402  (imports no keras)
+from swd_keras.cli.tensorflow_import import import_tensorflow_without_optional_imports  # noqa: E402
 
 GRAPPLER_PASSES = ("layout_optimizer", "constant_folding", "shape_optimization",
                    "remapping", "arithmetic_optimization", "dependency_optimization",

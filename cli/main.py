@@ -6,9 +6,8 @@ import os
 import sys
 
 import click
-
-from cli.allocator import requested_backend, restart_with_allocator_setting
-from cli.tensorflow_import import import_tensorflow_without_optional_imports
+from swd_keras.cli.allocator import requested_backend, restart_with_allocator_setting
+from swd_keras.cli.tensorflow_import import import_tensorflow_without_optional_imports
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -94,6 +93,6 @@ def main() -> None:
     """Console-script entry point. A JAX command restarts itself once, before anything
     heavy is imported, with the allocator setting of ``cli/allocator.py``."""
     restart_with_allocator_setting(requested_backend(sys.argv[1:], os.environ))
-    from cli import commands  # noqa: F401  (registers the sub-commands on `cli`)
+    from swd_keras.cli import commands  # noqa: F401  (registers the sub-commands on `cli`)
 
     cli(prog_name="swd-keras")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from cli.allocator import requested_backend
+from swd_keras.cli.allocator import requested_backend
 
 OPTIONAL_IMPORTS = ("jax", "matplotlib", "sklearn")
 

@@ -1,45 +1,27 @@
 """swd-keras: SWD-NAS (self-adaptive weights from dual attention for differentiable
 architecture search) for Keras 3, on the TensorFlow, JAX and PyTorch backends.
 
-Importing the package does not import TensorFlow; the dataset, retraining and export
-helpers that need it are loaded on first use.
+Importing the package imports neither Keras nor TensorFlow; each public name loads its
+module on first use.
 """
-
-from swd_keras.genotype import (
-    BUILTIN_GENOTYPES,
-    CellGenotype,
-    Genotype,
-    GenotypeError,
-    default_reduction_indices,
-    derive_genotype,
-    get_genotype,
-    load_genotype,
-    normalize_edge_weights,
-)
-from swd_keras.layers import (
-    EdgeGroup,
-    LowerAttention,
-    SWDMixedOp,
-    UpperAttention,
-    select_channels,
-)
-from swd_keras.ops import (
-    OPS,
-    PARAMETER_FREE,
-    PRIMITIVES,
-    FusedKernel,
-    import_primitives,
-    make_op,
-    register_primitive,
-)
-from swd_keras.optimizers import TorchSGD
-from swd_keras.search import SWDSearchModel
-from swd_keras.supernet import attention_variables, build_supernet
 
 __version__ = "0.1.0"
 
-# Loaded on first use: these import TensorFlow (tf.data, SavedModel) or matplotlib.
+# Every public name loads its module on first use, so `import swd_keras` (and the command,
+# which lives in swd_keras.cli and must choose the Keras backend before Keras loads)
+# imports neither Keras nor TensorFlow. A layer is registered for `keras.saving` when its
+# module loads: name it, or import its module, before loading a .keras file by hand.
 _LAZY = {
+    **dict.fromkeys(("BUILTIN_GENOTYPES", "CellGenotype", "Genotype", "GenotypeError",
+                     "default_reduction_indices", "derive_genotype", "get_genotype",
+                     "load_genotype", "normalize_edge_weights"), "swd_keras.genotype"),
+    **dict.fromkeys(("EdgeGroup", "LowerAttention", "SWDMixedOp", "UpperAttention",
+                     "select_channels"), "swd_keras.layers"),
+    **dict.fromkeys(("OPS", "PARAMETER_FREE", "PRIMITIVES", "FusedKernel", "import_primitives",
+                     "make_op", "register_primitive"), "swd_keras.ops"),
+    "TorchSGD": "swd_keras.optimizers",
+    "SWDSearchModel": "swd_keras.search",
+    **dict.fromkeys(("attention_variables", "build_supernet"), "swd_keras.supernet"),
     **dict.fromkeys(("search_data", "train_data", "DatasetUnavailableError", "DATASETS"),
                     "swd_keras.data"),
     "plot_genotype": "swd_keras.plot",
@@ -61,11 +43,8 @@ def __getattr__(name):
     raise AttributeError(f"module 'swd_keras' has no attribute {name!r}")
 
 
-__all__ = [
-    "BUILTIN_GENOTYPES", "CellGenotype", "EdgeGroup", "FusedKernel", "Genotype",
-    "GenotypeError", "LowerAttention", "import_primitives", "register_primitive",
-    "OPS", "PARAMETER_FREE", "PRIMITIVES", "SWDMixedOp", "SWDSearchModel", "TorchSGD",
-    "UpperAttention", "attention_variables", "build_supernet", "default_reduction_indices",
-    "derive_genotype", "get_genotype", "load_genotype", "make_op", "normalize_edge_weights",
-    "select_channels", *_LAZY,
-]
+def __dir__():
+    return sorted({*globals(), *_LAZY})
+
+
+__all__ = [*_LAZY]

@@ -9,8 +9,7 @@ import sys
 from importlib.metadata import version
 
 import pytest
-
-from cli.allocator import HUGE_PAGES, allocator_environment, requested_backend
+from swd_keras.cli.allocator import HUGE_PAGES, allocator_environment, requested_backend
 
 
 @pytest.mark.parametrize("argv,environ,want", [
@@ -50,7 +49,7 @@ def test_a_jax_command_restarts_once_with_the_setting(tmp_path):
     # new environment, and does not restart a second time.
     code = ("import os, sys; print('tunables:', os.environ.get('GLIBC_TUNABLES'));"
             "sys.argv = ['swd-keras', '--version'];"
-            "from cli.main import main; main()")
+            "from swd_keras.cli.main import main; main()")
     environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**environ, "KERAS_BACKEND": "jax"}, timeout=120)

@@ -7,8 +7,8 @@ import time
 import pytest
 import tensorflow_datasets as tfds
 from click.testing import CliRunner
+from swd_keras.cli.main import cli
 
-from cli.main import cli
 from swd_keras.genotype import Genotype
 from swd_keras.search_job import SearchConfig, SearchRunCallback, load_config, run_search
 
@@ -17,7 +17,7 @@ TINY = ["--epochs", "2", "--layers", "2", "--channels", "4", "--k", "2", "--batc
 
 
 def invoke(*args):
-    from cli.commands import search  # noqa: F401  (registers the command)
+    from swd_keras.cli.commands import search  # noqa: F401  (registers the command)
 
     return CliRunner().invoke(cli, ["search", *args], catch_exceptions=False)
 
@@ -173,7 +173,7 @@ def test_search_with_a_users_primitives_module(tmp_path):
 
 
 def test_unknown_primitives_are_refused_in_one_line_and_write_nothing(tmp_path):
-    from cli.commands import export, search, train  # noqa: F401  (registers the commands)
+    from swd_keras.cli.commands import export, search, train  # noqa: F401  (registers the commands)
 
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, ["search", "--dataset", "synthetic", "--output", str(run),

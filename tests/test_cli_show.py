@@ -4,9 +4,9 @@ import os
 
 import pytest
 from click.testing import CliRunner
+from swd_keras.cli.commands import show  # noqa: F401  (registers the command)
+from swd_keras.cli.main import cli
 
-from cli.commands import show  # noqa: F401  (registers the command)
-from cli.main import cli
 from swd_keras.genotype import Genotype, get_genotype
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -5,12 +5,11 @@ import subprocess
 import sys
 
 import pytest
-
-from cli.tensorflow_import import OPTIONAL_IMPORTS
+from swd_keras.cli.tensorflow_import import OPTIONAL_IMPORTS
 
 CHECK = """
 import sys
-from cli.tensorflow_import import import_tensorflow_without_optional_imports
+from swd_keras.cli.tensorflow_import import import_tensorflow_without_optional_imports
 import_tensorflow_without_optional_imports()
 print(sorted(m for m in ("tensorflow", "keras", *{names!r}) if m in sys.modules))
 import matplotlib, sklearn  # still importable afterwards

@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
+import swd_keras.cli.commands  # noqa: F401  (registers the sub-commands)
 from click.testing import CliRunner
+from swd_keras.cli.main import cli
 
-import cli.commands  # noqa: F401  (registers the sub-commands)
-from cli.main import cli
 from swd_keras.genotype import CellGenotype, Genotype
 from swd_keras.network import build_network, inference_model
 from swd_keras.training import save_model

@@ -16,10 +16,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import swd_keras.cli.commands  # noqa: F401  (registers the sub-commands)
 from click.testing import CliRunner
+from swd_keras.cli.main import cli
 
-import cli.commands  # noqa: F401  (registers the sub-commands)
-from cli.main import cli
 from swd_keras.genotype import Genotype
 
 TINY_SEARCH = ["search", "--dataset", "synthetic", "--epochs", "1", "--layers", "2",

@@ -7,12 +7,12 @@ import re
 import keras
 import numpy as np
 import pytest
+import swd_keras.cli.commands  # noqa: F401  (registers the sub-commands)
 import tensorflow as tf
 from click.testing import CliRunner
+from swd_keras.cli.main import cli
 
-import cli.commands  # noqa: F401  (registers the sub-commands)
 import swd_keras.pipeline as pipeline
-from cli.main import cli
 from swd_keras.data import train_data
 from swd_keras.genotype import Genotype
 from swd_keras.pipeline import PipelineConfig, pipeline_config, run_pipeline

@@ -23,7 +23,8 @@ def test_ci_runs_the_readme_install_and_test_commands():
 
 
 def test_cli_datasets_match_the_library():
-    from cli.commands.search import DATASETS as CLI_DATASETS
+    from swd_keras.cli.commands.search import DATASETS as CLI_DATASETS
+
     from swd_keras.data import DATASETS
 
     assert tuple(CLI_DATASETS) == tuple(DATASETS)

@@ -8,10 +8,10 @@ import math
 import keras
 import numpy as np
 import pytest
+import swd_keras.cli.commands  # noqa: F401  (registers the sub-commands)
 from click.testing import CliRunner
+from swd_keras.cli.main import cli
 
-import cli.commands  # noqa: F401  (registers the sub-commands)
-from cli.main import cli
 from swd_keras.optimizers import TorchSGD
 from swd_keras.runs import (
     CHECKPOINT_FILE,

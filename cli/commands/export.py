@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from cli.commands.train import backend_option
-from cli.main import cli, primitives_module_option, select_backend
+from swd_keras.cli.commands.train import backend_option
+from swd_keras.cli.main import cli, primitives_module_option, select_backend
 
 
 @cli.command()

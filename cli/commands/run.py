@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import click
-
-from cli.commands.search import DATASETS
-from cli.main import BACKENDS, cli, devices_option, select_backend
+from swd_keras.cli.commands.search import DATASETS
+from swd_keras.cli.main import BACKENDS, cli, devices_option, select_backend
 
 # Options that make up the run's settings: with --resume they come from pipeline.json.
 _SETTINGS = ("dataset", "data_dir", "seed", "search_epochs", "search_batch_size",

@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from cli.main import BACKENDS, cli, devices_option, primitives_module_option, select_backend
+from swd_keras.cli.main import (
+    BACKENDS,
+    cli,
+    devices_option,
+    primitives_module_option,
+    select_backend,
+)
 
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagenet2012")
 

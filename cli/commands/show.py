@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from cli.main import cli
+from swd_keras.cli.main import cli
 
 
 @cli.command()

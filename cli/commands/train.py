@@ -6,8 +6,13 @@ import time
 from pathlib import Path
 
 import click
-
-from cli.main import BACKENDS, cli, devices_option, primitives_module_option, select_backend
+from swd_keras.cli.main import (
+    BACKENDS,
+    cli,
+    devices_option,
+    primitives_module_option,
+    select_backend,
+)
 
 # Settings stored in a run's config.json: with --resume they come from there.
 _RUN_SETTINGS = ("genotype", "dataset", "epochs", "batch_size", "channels", "layers", "lr",
