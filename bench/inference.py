@@ -14,9 +14,19 @@ Each network runs as ``model.predict_on_batch`` runs it: compiled by the backend
 (``tf.function`` on TensorFlow, ``jax.jit`` on JAX, eager on PyTorch), in inference
 mode (BatchNorm with moving statistics).
 
+``--runtimes MODEL`` (a retraining run's ``model.keras``) times the deployed network
+instead, one row per runtime, on raw uint8 images: Keras (the serving model,
+``predict_on_batch``), the SavedModel (TensorFlow, its ``serving_default`` signature),
+ONNX Runtime, and the LiteRT interpreter with the float32 and the int8 model; the
+median of ``--runs`` calls on one image and on a batch of ``--batch``, and the file's
+size. The exports come from ``--export-dir`` (a version folder ``swd-keras export
+--format saved_model,onnx,tflite`` wrote; the formats it lacks get no row), else are
+exported into a temporary folder.
+
 Example:
     python bench/inference.py                              # all four, TensorFlow
     python bench/inference.py --backend jax --networks swd-5 darts-8 --json out.json
+    python bench/inference.py --runtimes runs/pipeline-digits/train/model.keras
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ import time
 NETWORKS = ("swd-5", "swd-8", "darts-8", "retrain")
 COLUMNS = ("backend", "network", "cells", "C", "parameters", "mean ms", "median ms",
            "build s")
+RUNTIME_COLUMNS = ("runtime", "file", "MB", "1 image ms", "batch ms", "batch")
+RUNTIMES = ("keras", "saved_model", "onnxruntime", "litert float32", "litert int8")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,9 +60,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=50, help="timed inferences (mean)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed inferences first")
     parser.add_argument("--json", metavar="OUT", help="also write the rows here")
+    parser.add_argument("--runtimes", metavar="MODEL",
+                        help="a run's model.keras: time it in each runtime instead")
+    parser.add_argument("--export-dir", metavar="DIR",
+                        help="with --runtimes: the version folder of its exports")
+    parser.add_argument("--batch", type=int, default=32, help="with --runtimes: batch size")
     args = parser.parse_args(argv)
+    if args.export_dir and not args.runtimes:
+        parser.error("--export-dir needs --runtimes MODEL.")
     if min(args.input_size, args.search_channels, args.retrain_channels,
-           args.retrain_cells, args.runs, args.k) < 1 or args.warmup < 0 or args.classes < 2:
+           args.retrain_cells, args.runs, args.k, args.batch) < 1 \
+            or args.warmup < 0 or args.classes < 2:
         parser.error("sizes and --runs must be positive integers, --warmup >= 0 and "
                      "--classes >= 2.")
     return args
@@ -75,14 +95,93 @@ def build(name: str, args: argparse.Namespace):
 
 def time_inference(model, image, runs: int, warmup: int) -> list[float]:
     """Seconds of each of ``runs`` ``predict_on_batch(image)`` calls after ``warmup``."""
+    return time_calls(model.predict_on_batch, image, runs, warmup)
+
+
+def time_calls(predict, images, runs: int, warmup: int) -> list[float]:
+    """Seconds of each of ``runs`` ``predict(images)`` calls (which return NumPy, so the
+    work is finished) after ``warmup`` untimed ones."""
     for _ in range(warmup):
-        model.predict_on_batch(image)
+        predict(images)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        model.predict_on_batch(image)  # returns NumPy: the work is finished
+        predict(images)
         times.append(time.perf_counter() - start)
     return times
+
+
+def runtime_predictors(keras_model, model_file: str, export_dir):
+    """(runtime, file, batch size -> predict function) for each of ``RUNTIMES``.
+
+    Each runtime loads its model when asked for a batch size (only the files that exist
+    are asked for); a LiteRT interpreter is made per batch size, as resizing one between
+    calls would be timed as well.
+    """
+    import numpy as np
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+    from onnxruntime import InferenceSession
+
+    def saved_model(batch):
+        signature = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+        return lambda images: {k: v.numpy() for k, v in
+                               signature(images=tf.constant(images)).items()}
+
+    def onnx(batch):
+        session = InferenceSession(str(export_dir / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+        return lambda images: session.run(None, {"images": np.asarray(images)})
+
+    def litert(file):
+        def make(batch):
+            runner = Interpreter(model_path=str(export_dir / file)).get_signature_runner()
+            return lambda images: runner(images=images)
+        return make
+
+    return [
+        ("keras", model_file, lambda batch: keras_model.predict_on_batch),
+        ("saved_model", export_dir / "saved_model.pb", saved_model),
+        ("onnxruntime", export_dir / "model.onnx", onnx),
+        ("litert float32", export_dir / "model.tflite", litert("model.tflite")),
+        ("litert int8", export_dir / "model_int8.tflite", litert("model_int8.tflite")),
+    ]
+
+
+def runtime_rows(args: argparse.Namespace) -> list[dict]:
+    """One row per runtime of ``--runtimes MODEL`` (see the module's docstring)."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from swd_keras.export import export_model, serving_model_from_run
+
+    with tempfile.TemporaryDirectory(prefix="swd-keras-bench-") as scratch:
+        export_dir = Path(args.export_dir) if args.export_dir else export_model(
+            args.runtimes, ("saved_model", "onnx", "tflite"), scratch, name="bench",
+            verbose=False).path
+        keras_model = serving_model_from_run(args.runtimes)
+        predictors = runtime_predictors(keras_model, args.runtimes, export_dir)
+        shape = (args.batch, *keras_model.input_shape[1:])
+        images = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+        rows = []
+        for runtime, file, make in predictors:
+            if not Path(file).is_file():  # a format the export folder does not have
+                continue
+            size = Path(file).stat().st_size
+            if runtime == "saved_model":  # its graph and its variables/
+                size += sum(f.stat().st_size for f in (export_dir / "variables").iterdir())
+            medians = [statistics.median(time_calls(make(batch), images[:batch], args.runs,
+                                                    args.warmup))
+                       for batch in (1, args.batch)]
+            rows.append({"runtime": runtime, "file": Path(file).name,
+                         "MB": round(size / 2**20, 2),
+                         "1 image ms": round(1000 * medians[0], 2),
+                         "batch ms": round(1000 * medians[1], 2), "batch": args.batch})
+            print("| " + " | ".join(str(rows[-1][c]) for c in RUNTIME_COLUMNS) + " |",
+                  flush=True)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -95,6 +194,12 @@ def main(argv=None) -> int:
     from swd_keras.network import count_parameters
 
     keras.utils.set_random_seed(0)
+    if args.runtimes:
+        print("| " + " | ".join(RUNTIME_COLUMNS) + " |")
+        print("|" + " --- |" * len(RUNTIME_COLUMNS))
+        rows = runtime_rows(args)
+        write_json(args, rows)
+        return 0
     image = np.random.default_rng(0).normal(
         size=(1, args.input_size, args.input_size, 3)).astype("float32")
     rows = []
@@ -116,12 +221,17 @@ def main(argv=None) -> int:
                "build s": round(build_seconds, 1)}
         rows.append(row)
         print("| " + " | ".join(str(row[c]) for c in COLUMNS) + " |", flush=True)
+    write_json(args, rows)
+    return 0
+
+
+def write_json(args: argparse.Namespace, rows: list[dict]) -> None:
+    """Writes the rows to ``--json`` (if given), with the date and the arguments."""
     if args.json:
         from swd_keras.runs import atomic_write_json
 
         atomic_write_json(args.json, {"date": time.strftime("%Y-%m-%d"),
                                       "args": vars(args), "rows": rows})
-    return 0
 
 
 if __name__ == "__main__":

@@ -7,9 +7,7 @@ import sys
 
 import click
 from swd_keras.cli.allocator import requested_backend, restart_with_allocator_setting
-from swd_keras.cli.tensorflow_import import import_tensorflow_without_optional_imports
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from swd_keras.cli.tensorflow_import import import_tensorflow_quietly
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -28,6 +26,30 @@ def primitives_module_option(command):
         callback=remember, metavar="MODULE|FILE.py",
         help="Import this module first: it registers your own primitives "
              "(swd_keras.ops.register_primitive). Repeatable.")(command)
+
+
+def _remember_verbose(ctx: click.Context, _param, value: bool) -> bool:
+    # ctx.meta is shared by the group's context and the command's: either flag counts.
+    ctx.meta["verbose"] = ctx.meta.get("verbose", False) or value
+    return value
+
+
+_VERBOSE = {
+    "is_flag": True, "expose_value": False, "callback": _remember_verbose,
+    "help": "Show TensorFlow's start-up logging (library loading, CPU features, GPU "
+            "probing), which is held back otherwise.",
+}
+"""``--verbose``, read by ``select_backend``: on the group (``swd-keras --verbose
+search``) and on every command (``swd-keras search --verbose``), one setting."""
+
+
+class CommandGroup(click.Group):
+    """The ``swd-keras`` group: every command added to it also takes ``--verbose``."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not any(param.name == "verbose" for param in cmd.params):
+            cmd.params.append(click.Option(["--verbose"], **_VERBOSE))
+        super().add_command(cmd, name)
 
 
 class Devices(click.ParamType):
@@ -58,10 +80,17 @@ def devices_option(command):
              "worker's [default: 1; a resumed run: its recorded value].")(command)
 
 
-def select_backend(backend: str | None) -> None:
-    """Sets the Keras backend before Keras is imported, or says why it cannot; on
-    TensorFlow, then imports it without its optional imports (``cli/tensorflow_import.py``);
-    then imports the command's ``--primitives-module`` modules."""
+def select_backend(backend: str | None, *, data: bool = True) -> None:
+    """Sets the Keras backend before Keras is imported, or says why it cannot; then
+    imports TensorFlow quietly (``cli/tensorflow_import.py``: without its optional
+    imports on the TensorFlow backend, its start-up logging held back unless
+    ``--verbose``); then imports the command's ``--primitives-module`` modules.
+
+    Args:
+        backend: the Keras backend, or None for ``KERAS_BACKEND``'s (else keras.json's).
+        data: whether the command reads data through tf.data; without, TensorFlow is
+            imported only where it is Keras' backend.
+    """
     if backend is not None:
         loaded = sys.modules.get("keras")
         if loaded is not None and loaded.backend.backend() != backend:
@@ -70,9 +99,11 @@ def select_backend(backend: str | None) -> None:
                 f"{loaded.backend.backend()} backend in this process; "
                 f"set KERAS_BACKEND={backend}.")
         os.environ["KERAS_BACKEND"] = backend
-    import_tensorflow_without_optional_imports()
     context = click.get_current_context(silent=True)
-    modules = () if context is None else context.meta.get("primitives_modules", ())
+    meta = {} if context is None else context.meta
+    if data or requested_backend([], os.environ) == "tensorflow":
+        import_tensorflow_quietly(verbose=meta.get("verbose", False))
+    modules = meta.get("primitives_modules", ())
     if modules:
         from swd_keras.ops import import_primitives
 
@@ -83,8 +114,9 @@ def select_backend(backend: str | None) -> None:
                 raise click.BadParameter(str(error), param_hint="--primitives-module") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="swd-keras")
+@click.option("--verbose", **_VERBOSE)
 def cli() -> None:
     """SWD-NAS for Keras 3: search cells, retrain, export and serve."""
 

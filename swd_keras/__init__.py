@@ -30,7 +30,7 @@ _LAZY = {
                     "swd_keras.network"),
     "Cell": "swd_keras.cells",
     **dict.fromkeys(("RetrainConfig", "fit_network", "DropPathSchedule"), "swd_keras.training"),
-    **dict.fromkeys(("export_savedmodel", "verify_export"), "swd_keras.export"),
+    **dict.fromkeys(("export_model", "export_savedmodel", "verify_export"), "swd_keras.export"),
     **dict.fromkeys(("run_pipeline", "pipeline_config", "PipelineConfig"), "swd_keras.pipeline"),
 }
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import keras
 
+from swd_keras.data.names import label
 from swd_keras.distribute import check_devices, is_chief, replica_count
 from swd_keras.genotype import CellGenotype, Genotype, default_reduction_indices
 from swd_keras.network import stacking_plan
@@ -81,8 +82,9 @@ at batch 64."""
 
 # Fields the pipeline sets itself, one value for both stages (or, for the retraining's
 # genotype, the search's output).
-_PIPELINE_FIELDS = {"search": ("dataset", "data_dir", "seed"),
-                    "retrain": ("dataset", "seed", "genotype")}
+_DATA_FIELDS = ("dataset", "image_size", "test_dir", "holdout")
+_PIPELINE_FIELDS = {"search": (*_DATA_FIELDS, "data_dir", "seed"),
+                    "retrain": (*_DATA_FIELDS, "seed", "genotype")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +126,7 @@ class PipelineConfig(RunConfig):
         if self.retrain.genotype != SEARCHED_GENOTYPE:
             raise ValueError(f"retrain.genotype must be {SEARCHED_GENOTYPE!r} (the pipeline "
                              f"retrains its own search's genotype), got {self.retrain.genotype!r}.")
-        for field in ("dataset", "seed"):
+        for field in (*_DATA_FIELDS, "seed"):
             if getattr(self.retrain, field) != getattr(self.search, field):
                 raise ValueError(f"retrain.{field} ({getattr(self.retrain, field)!r}) must equal "
                                  f"search.{field} ({getattr(self.search, field)!r}).")
@@ -162,20 +164,27 @@ def _searched_layout(search: SearchConfig) -> Genotype:
     return Genotype(tuple(CellGenotype(cell_type, edges) for cell_type in types))
 
 
-def pipeline_config(dataset: str, *, seed: int = 0, data_dir: str | None = None,
+def pipeline_config(dataset, *, seed: int = 0, data_dir: str | None = None,
                     search: dict[str, Any] | None = None,
                     retrain: dict[str, Any] | None = None, name: str | None = None,
-                    version: int = 1) -> PipelineConfig:
+                    version: int = 1, image_size: tuple[int, int] | None = None,
+                    test_dir: str | None = None,
+                    holdout: float | None = None) -> PipelineConfig:
     """The pipeline settings for ``dataset``: its defaults, updated by the given ones.
 
     Args:
-        dataset: a name of ``swd_keras.data.DATASETS``.
+        dataset: a built-in name (``swd_keras.data.DATASETS``), ``tfds:NAME``, an image
+            folder, an ``.npz`` file or an ``ArrayDataset`` (``swd_keras.data.sources.FORMS``).
         seed: seed of both stages.
         data_dir: tensorflow-datasets folder for both stages.
         search: ``SearchConfig`` fields to change (e.g. ``{"epochs": 2, "limit": 64}``).
         retrain: ``RetrainConfig`` fields to change (e.g. ``{"epochs": 5, "layers": 5}``).
-        name: the exported model's name [default: ``swd_nas_DATASET``].
+        name: the exported model's name [default: ``swd_nas_`` and the dataset's short
+            name, ``swd_keras.data.sources.label``].
         version: the exported version number.
+        image_size: ``(height, width)`` a user's images are resized to, both stages.
+        test_dir: an image folder's test folder, both stages.
+        holdout: the fraction held out where a user's dataset has no test split.
 
     Returns:
         The validated ``PipelineConfig``. The defaults are the paper's (``SearchConfig``;
@@ -202,14 +211,21 @@ def pipeline_config(dataset: str, *, seed: int = 0, data_dir: str | None = None,
                 raise ValueError(f"{stage}[{key!r}] is not a {config_class.__name__} field; "
                                  f"allowed: {sorted(fields - set(_PIPELINE_FIELDS[stage]))}.")
         stages[stage] = {**defaults.get(stage, {}), **given}
-    search_config = SearchConfig(dataset=dataset, data_dir=data_dir, seed=seed,
-                                 **stages["search"])
+    data = {"dataset": dataset, "image_size": image_size, "test_dir": test_dir,
+            "holdout": holdout}
+    search_config = SearchConfig(**data, data_dir=data_dir, seed=seed, **stages["search"])
     paper = {key: value for key, value in retrain_defaults(dataset).items()
              if key not in stages["retrain"]}
-    retrain_config = RetrainConfig(SEARCHED_GENOTYPE, dataset, seed=seed, **paper,
-                                   **stages["retrain"])
-    return PipelineConfig(search_config, retrain_config, name or f"swd_nas_{dataset}",
-                          version)
+    retrain_config = RetrainConfig(SEARCHED_GENOTYPE, **_resolved(search_config),
+                                   seed=seed, **paper, **stages["retrain"])
+    return PipelineConfig(search_config, retrain_config,
+                          name or f"swd_nas_{label(dataset).replace('-', '_')}", version)
+
+
+def _resolved(search: SearchConfig) -> dict[str, Any]:
+    """The search's dataset settings as it normalised them (absolute paths), for the
+    retraining to equal them."""
+    return {field: getattr(search, field) for field in _DATA_FIELDS}
 
 
 # -- the state file ---------------------------------------------------------------------
@@ -368,6 +384,7 @@ def run_pipeline(config: PipelineConfig | None = None, run_dir: str | Path = "ru
         check_export_backend()
     except ExportError as error:
         raise ValueError(f"the export stage cannot run here: {error}") from None
+    created = not resume and not run_dir.exists()
     if not resume:
         state = _start(run_dir, config, overwrite, echo)
     check_backend(state["backend"], run_dir)
@@ -375,7 +392,14 @@ def run_pipeline(config: PipelineConfig | None = None, run_dir: str | Path = "ru
     skipped = tuple(stage for stage in STAGES if stage in state["finished"])
     if skipped:
         echo(f"finished before, skipped: {', '.join(skipped)}")
-    genotype = _search_stage(run_dir, config, state, echo, verbose, devices)
+    try:
+        genotype = _search_stage(run_dir, config, state, echo, verbose, devices)
+    except BaseException:
+        # A new run whose search wrote nothing (its data did not load) leaves no folder
+        # that --resume would take for a run.
+        if created and not (run_dir / SEARCH_DIR).exists() and is_chief():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     results = _train_stage(run_dir, config, state, echo, verbose, devices)
     export_path = _export_stage(run_dir, config, state, echo)
     return PipelineResult(run_dir, genotype, results, export_path, dict(state["finished"]),

@@ -16,6 +16,10 @@ The rules every job follows:
   model is refused with what differs.
 - **Divergence**: one check (``non_finite``) stops a job at the first NaN or infinite
   loss or metric (``RunCallback``); its last good checkpoint is kept.
+- **A run folder** is one whose ``config.json`` is a complete record of its job
+  (``read_run``: its format, backend and every setting the job's config requires);
+  jobs write it only once their data has loaded, so an unloadable dataset leaves no
+  folder, and a folder with an incomplete record is neither resumed nor written into.
 - **Resume** (``resume_run``): only a folder that holds a run of the same job, on the
   backend it started on; a checkpoint written by an earlier version of this package is
   refused in one line.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import importlib
 import io
 import json
 import math
@@ -33,7 +38,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import keras
 import numpy as np
@@ -43,7 +48,14 @@ from swd_keras.distribute import is_chief, to_numpy
 CONFIG_FILE, CHECKPOINT_FILE, HISTORY_FILE = "config.json", "checkpoint.npz", "history.csv"
 CHECKPOINT_FORMAT = "swd-keras/checkpoint@2"
 """Checkpoints keyed by variable path; ``resume_run`` refuses the ``@1`` ones, keyed by index."""
-RUN_KINDS = ("search", "retrain")
+_KINDS = {
+    "search": ("swd_keras.search_job", "SearchConfig", ()),
+    "retrain": ("swd_keras.training.config", "RetrainConfig", ("genotype",)),
+}
+"""Per job: its config class (module, name; imported when a record is checked, since
+those modules import this one) and the record's own fields that resuming it reads."""
+RUN_KINDS = tuple(_KINDS)
+_RECORD_FIELDS = ("format", "backend", "config")
 
 
 # ----------------------------------------------------------------------- atomic writes
@@ -98,6 +110,12 @@ class RunConfig:
     the new value too.
     """
 
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+    """Settings every stored config of this class holds, besides its fields without a
+    default: those that decide what a run computes, so that a record without them is
+    not taken for a run at the defaults. Fields added later are not listed: a run
+    started before them takes their defaults."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -116,6 +134,21 @@ class RunConfig:
         fields = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in fields})
 
+    @classmethod
+    def missing_settings(cls, data: dict[str, Any]) -> list[str]:
+        """The required settings (``REQUIRED`` and the fields without a default) that a
+        stored config ``data`` lacks, in field order.
+
+        Example:
+            >>> SearchConfig.missing_settings({"dataset": "digits"})[:2]
+            ['epochs', 'batch_size']
+        """
+        without_default = [field.name for field in dataclasses.fields(cls)
+                           if field.default is dataclasses.MISSING
+                           and field.default_factory is dataclasses.MISSING]
+        return [name for name in dict.fromkeys([*without_default, *cls.REQUIRED])
+                if name not in data]
+
 
 # ------------------------------------------------------------------------- the record
 
@@ -126,23 +159,40 @@ def _format(kind: str) -> str:
     return f"swd-keras/{kind}-run@1"
 
 
-def is_run_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` holds a run's record (``config.json``)."""
-    return (Path(path) / CONFIG_FILE).is_file()
+def is_run_folder(path: str | os.PathLike, kind: str | None = None) -> bool:
+    """Whether ``path`` holds a complete record of a ``kind`` run (any job's if None).
+
+    Example:
+        >>> is_run_folder("runs/search-digits-0", "search")
+        True
+    """
+    for job in RUN_KINDS if kind is None else (kind,):
+        try:
+            read_run(path, job)
+            return True
+        except ValueError:
+            pass
+    return False
 
 
 def check_new_run_folder(run_dir: str | os.PathLike) -> None:
     """Raises a ValueError if ``run_dir`` exists and is not empty (a new run's folder
-    must not mix with another run's files)."""
+    must not mix with another run's files, nor overwrite a ``config.json`` it did not
+    write, complete or not)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise ValueError(f"run folder {run_dir} already exists and is not empty: resume the "
-                         f"run it holds (resume=True, --resume) or choose another folder.")
+        advice = ("resume the run it holds (resume=True, --resume) or choose another folder"
+                  if is_run_folder(run_dir) else
+                  "it holds no complete run to resume; choose another folder")
+        raise ValueError(f"run folder {run_dir} already exists and is not empty: {advice}.")
 
 
 def start_run(run_dir: str | os.PathLike, kind: str, config: RunConfig,
               **extra: Any) -> dict[str, Any]:
     """Writes a new run's record into ``run_dir`` (which must be new or empty).
+
+    A job calls it once its data has loaded, so that a run that cannot start leaves
+    nothing behind.
 
     Args:
         run_dir: the run folder.
@@ -152,6 +202,10 @@ def start_run(run_dir: str | os.PathLike, kind: str, config: RunConfig,
 
     Returns:
         The record written to ``config.json``.
+
+    Example:
+        >>> start_run("runs/new", "search", SearchConfig(dataset="digits"))["format"]
+        'swd-keras/search-run@1'
     """
     check_new_run_folder(run_dir)
     record = {"format": _format(kind), "backend": keras.backend.backend(),
@@ -161,13 +215,26 @@ def start_run(run_dir: str | os.PathLike, kind: str, config: RunConfig,
 
 
 def read_run(run_dir: str | os.PathLike, kind: str) -> dict[str, Any]:
-    """The record of the ``kind`` run in ``run_dir``.
+    """The record of the ``kind`` run in ``run_dir``, checked to be complete.
+
+    Args:
+        run_dir: the run folder.
+        kind: the job, one of ``RUN_KINDS``.
+
+    Returns:
+        The record (``config.json``): ``format``, ``backend``, ``config`` and the
+        job's own fields.
 
     Raises:
-        ValueError: no record, an unreadable one, another job's, or one written by an
-            earlier version of this package.
+        ValueError: no record, an unreadable one, another job's, an incomplete one
+            (the message names what it lacks), or one written by an earlier version
+            of this package.
+
+    Example:
+        >>> read_run("runs/search-digits-0", "search")["config"]["dataset"]
+        'digits'
     """
-    path = Path(run_dir) / CONFIG_FILE
+    expected, path = _format(kind), Path(run_dir) / CONFIG_FILE
     name = "retraining" if kind == "retrain" else kind
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -175,11 +242,32 @@ def read_run(run_dir: str | os.PathLike, kind: str) -> dict[str, Any]:
         raise ValueError(f"{run_dir} is not a {name} run folder (no {CONFIG_FILE}).") from None
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: cannot read ({error}).") from None
-    if isinstance(record, dict) and "format" not in record and kind == "search":
-        raise ValueError(_predates(run_dir))
-    if not isinstance(record, dict) or record.get("format") != _format(kind):
-        raise ValueError(f"{path}: not a {name} run record (format {_format(kind)!r}).")
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a {name} run record (a JSON object is expected).")
+    if "format" not in record and "dataset" in record and kind == "search":
+        raise ValueError(_predates(run_dir))  # the bare config searches kept before formats
+    if "format" in record and record["format"] != expected:
+        raise ValueError(f"{path}: not a {name} run record (format {record['format']!r}, "
+                         f"expected {expected!r}).")
+    missing = _missing(record, kind)
+    if missing:
+        raise ValueError(f"{path} is not a complete {name} run record: it has no "
+                         f"{', '.join(missing)}.")
     return record
+
+
+def _missing(record: dict[str, Any], kind: str) -> list[str]:
+    """The fields of a ``kind`` record (and, as ``config.NAME``, the settings of its
+    config) that ``record`` lacks."""
+    module, class_name, job_fields = _KINDS[kind]
+    missing = [field for field in (*_RECORD_FIELDS, *job_fields) if field not in record]
+    config = record.get("config")
+    if "config" in record and not isinstance(config, dict):
+        missing.append("config settings (config is not a JSON object)")
+    elif isinstance(config, dict):
+        config_class = getattr(importlib.import_module(module), class_name)
+        missing += [f"config.{field}" for field in config_class.missing_settings(config)]
+    return missing
 
 
 def check_backend(started_on: str, run_dir: str | os.PathLike) -> None:

@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 
@@ -48,8 +49,16 @@ class SearchConfig(RunConfig):
     Validated when made (``validate``): a bad setting raises a ValueError naming it.
     """
 
-    dataset: str = "cifar10"
+    dataset: Any = "cifar10"
+    """A built-in name, ``tfds:NAME``, an image folder, an ``.npz`` file or an
+    ``ArrayDataset`` (``swd_keras.data.sources.FORMS``); paths are made absolute."""
     data_dir: str | None = None
+    image_size: tuple[int, int] | None = None
+    """``(height, width)`` a user's images are resized to [default: their own]."""
+    test_dir: str | None = None
+    """An image folder's test folder [default: ``DATASET/test``, else ``holdout``]."""
+    holdout: float | None = None
+    """The fraction held out as the test split where a user's dataset has none [0.1]."""
     epochs: int = 30
     batch_size: int = 64
     channels: int = 16
@@ -82,15 +91,30 @@ class SearchConfig(RunConfig):
     """``"all"`` or a device count: the replicas the global ``batch_size`` is split over
     (``swd_keras.distribute.data_parallel``)."""
 
+    REQUIRED = ("dataset", "epochs", "batch_size", "channels", "layers", "k", "mode", "method",
+                "seed")
+
     def __post_init__(self) -> None:
+        from swd_keras.data.sources import check_settings
+
         if self.primitives is not None:  # JSON gives a list; a tuple keeps the config hashable
             object.__setattr__(self, "primitives", tuple(self.primitives))
         object.__setattr__(self, "devices", check_devices(self.devices))
+        for name, value in zip(("dataset", "image_size", "test_dir", "holdout"),
+                               check_settings(self.dataset, self.image_size, self.test_dir,
+                                              self.holdout), strict=True):
+            object.__setattr__(self, name, value)
         super().__post_init__()
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict (arrays as their ``arrays:HASH`` record)."""
+        from swd_keras.data.sources import recorded
+
+        return {**{field.name: getattr(self, field.name) for field in dataclasses.fields(self)},
+                "dataset": recorded(self.dataset)}
 
     def validate(self) -> SearchConfig:
         """Raises a ValueError naming the first bad setting; returns self."""
-        from swd_keras.data import DATASETS
         from swd_keras.ops import check_primitives, import_primitives
         from swd_keras.search import MODES
         from swd_keras.supernet import METHODS, REMATERIALIZE, check_channels
@@ -98,7 +122,6 @@ class SearchConfig(RunConfig):
         remat_choices = ("auto", *REMATERIALIZE)
 
         checks = [
-            (self.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}"),
             (self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}"),
             (self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}"),
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
@@ -250,7 +273,8 @@ class SearchResult:
 
 def run_search(config: SearchConfig | None = None, run_dir: str | Path = "runs/search",
                resume: bool = False, echo: Callable[[str], None] = print,
-               verbose: str | int = "auto", devices: str | int | None = None) -> SearchResult:
+               verbose: str | int = "auto", devices: str | int | None = None,
+               dataset=None) -> SearchResult:
     """Runs (or resumes) a search and returns its final genotype.
 
     Data-parallel over ``config.devices`` (``swd_keras.distribute.data_parallel``): every
@@ -268,6 +292,8 @@ def run_search(config: SearchConfig | None = None, run_dir: str | Path = "runs/s
             None keeps it (a resumed run: the recorded one). A step on N replicas equals
             the one-device step on the same global batch, so a run may resume on another
             device count; ``config.json`` keeps the count it started with.
+        dataset: when resuming a run made from an ``ArrayDataset``, the same arrays
+            again (checked against the run's record); None otherwise.
 
     Returns:
         A ``SearchResult`` with the genotype of the last epoch.
@@ -275,17 +301,22 @@ def run_search(config: SearchConfig | None = None, run_dir: str | Path = "runs/s
     Raises:
         ValueError: a bad setting or run folder, a resume on another backend than the
             run started on, devices that do not exist or a batch that does not split
-            over them, or unavailable data; nothing is written then.
+            over them, unavailable data, or (resuming) data other than the run's;
+            nothing is written then.
         SearchDiverged: the loss became NaN/inf (the last good checkpoint is kept).
 
     Example:
         >>> run_search(SearchConfig(dataset="digits", devices=2), "runs/digits")
     """
-    from swd_keras.data import search_data
+    from swd_keras.data import check_same_data, run_record, search_data
+    from swd_keras.data.sources import recorded, with_arrays
+    from swd_keras.training.config import raw_pixel_max
 
     run_dir, started = Path(run_dir), time.time()
+    record = {}
     if resume:
-        config = SearchConfig.from_json(resume_run(run_dir, "search")["config"])
+        record = resume_run(run_dir, "search")
+        config = SearchConfig.from_json(with_arrays(record["config"], dataset))
     else:
         config = config or SearchConfig()
         # Every process checks before the first collective step (variable creation), so
@@ -300,10 +331,13 @@ def run_search(config: SearchConfig | None = None, run_dir: str | Path = "runs/s
         return _result(run_dir, config, started)
 
     with data_parallel(config.devices):
-        echo(f"[1/3] loading {config.dataset} ...")
+        echo(f"[1/3] loading {recorded(config.dataset)} ...")
         data = search_data(config.dataset, config.batch_size, seed=config.seed,
                            data_dir=config.data_dir, epochs=config.epochs,
-                           initial_epoch=initial_epoch, limit=config.limit)
+                           initial_epoch=initial_epoch, limit=config.limit,
+                           image_size=config.image_size, test_dir=config.test_dir,
+                           holdout=config.holdout)
+        check_same_data(record, data.info, run_dir)
         echo(f"      {data.num_train_examples} search-train / {data.num_val_examples} "
              f"search-val images, {data.steps_per_epoch} steps per epoch, images "
              f"{tuple(data.info.input_shape)}, {data.info.num_classes} classes")
@@ -318,7 +352,8 @@ def run_search(config: SearchConfig | None = None, run_dir: str | Path = "runs/s
             echo(f"      resumed after epoch {state['epoch']}")
         callback = SearchRunCallback(run_dir, config, state, echo)
         if not resume and callback.chief:
-            start_run(run_dir, "search", config)
+            start_run(run_dir, "search", config,
+                      **run_record(data.info, raw_pixel_max(config.dataset)))
         echo("[3/3] searching; first the step is traced and compiled (~25 s for the paper's "
              "setting on 2 CPU cores) ...")
         callbacks = [callback]
@@ -336,9 +371,11 @@ def _result(run_dir: Path, config: SearchConfig, started: float,
             state: dict | None = None) -> SearchResult:
     """The result from the job state: this process's own (a worker may finish before
     the chief has written the last checkpoint), else the run's checkpoint."""
+    from swd_keras.data.sources import recorded
+
     state = state or checkpoint_state(run_dir)
     genotype = Genotype.from_dict(state["genotypes"][-1]["genotype"])
-    return SearchResult(genotype, run_dir, config.dataset, state["history"],
+    return SearchResult(genotype, run_dir, recorded(config.dataset), state["history"],
                         time.time() - started)
 
 

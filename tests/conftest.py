@@ -20,7 +20,7 @@ _JAX_CACHE = os.environ.setdefault(  # the xdist workers inherit the controller'
     os.path.join(tempfile.gettempdir(), f"swd-keras-jax-cache-{os.getpid()}"))
 if os.environ["KERAS_BACKEND"] == "jax":
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE)
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import keras  # noqa: E402

@@ -1,11 +1,12 @@
-"""The commands import TensorFlow without the optional libraries it would pull in."""
+"""The commands import TensorFlow without the optional libraries it would pull in, and
+hold back what it writes to stderr meanwhile (tests/test_quiet.py runs the commands)."""
 
 import os
 import subprocess
 import sys
 
 import pytest
-from swd_keras.cli.tensorflow_import import OPTIONAL_IMPORTS
+from swd_keras.cli.tensorflow_import import OPTIONAL_IMPORTS, stderr_held_back
 
 CHECK = """
 import sys
@@ -42,3 +43,18 @@ def test_tensorflow_loads_without_its_optional_imports_and_they_stay_importable(
 def test_other_backends_import_nothing_here():
     loaded, _ = run("jax")[:2]
     assert loaded == "[]"
+
+
+def test_held_back_stderr_is_dropped_and_written_out_only_when_the_block_fails(capfd):
+    with stderr_held_back():
+        os.write(2, b"a native library's start-up line\n")
+    assert capfd.readouterr().err == ""
+
+    with pytest.raises(ImportError, match="no such library"):
+        with stderr_held_back():
+            os.write(2, b"why the import failed\n")
+            raise ImportError("no such library")
+    assert capfd.readouterr().err == "why the import failed\n"
+
+    os.write(2, b"after the block\n")  # file descriptor 2 is the original again
+    assert capfd.readouterr().err == "after the block\n"

@@ -10,8 +10,8 @@ import pytest
 
 from swd_keras.export import ExportError, export_savedmodel, serving_model, verify_export
 from swd_keras.network import build_network, inference_model
-from swd_keras.runs import atomic_write_json
-from swd_keras.training import save_model
+from swd_keras.runs import start_run
+from swd_keras.training import RetrainConfig, save_model
 
 MEAN, STD, PIXEL_MAX = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), 255.0
 
@@ -69,10 +69,9 @@ def test_export_serves_raw_uint8_images_like_the_keras_model(tmp_path):
 def test_export_from_a_run_reads_its_normalisation_and_refuses_to_overwrite(tmp_path, capsys):
     run = tmp_path / "my_run"
     model = build_network("darts_v2", (8, 8, 1), 10, channels=4, layers=5, auxiliary=False)
+    start_run(run, "retrain", RetrainConfig("darts_v2", "digits", channels=4, layers=5),
+              genotype={}, preprocessing={"mean": [0.3], "std": [0.2], "pixel_max": 16.0})
     save_model(model, run / "model.keras")
-    atomic_write_json(run / "config.json", {
-        "format": "swd-keras/retrain-run@1",
-        "preprocessing": {"mean": [0.3], "std": [0.2], "pixel_max": 16.0}})
     out = tmp_path / "savedmodels"
     result = export_savedmodel(run / "model.keras", out)
     assert result.path == out / "my_run" / "1"  # named after the run folder

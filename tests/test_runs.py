@@ -2,8 +2,10 @@
 resume rule (same job, same backend, this version's checkpoint), through the Python API
 and the CLI."""
 
+import dataclasses
 import json
 import math
+import re
 
 import keras
 import numpy as np
@@ -12,11 +14,13 @@ import swd_keras.cli.commands  # noqa: F401  (registers the sub-commands)
 from click.testing import CliRunner
 from swd_keras.cli.main import cli
 
+from swd_keras.data import DatasetUnavailableError
 from swd_keras.optimizers import TorchSGD
 from swd_keras.runs import (
     CHECKPOINT_FILE,
     RunCallback,
     checkpoint_state,
+    is_run_folder,
     load_checkpoint,
     non_finite,
     read_run,
@@ -210,3 +214,85 @@ def test_a_run_folder_of_an_earlier_version_is_refused_in_one_line(tmp_path, kin
     (old / "config.json").write_text(json.dumps({"dataset": "digits", "backend": None}))
     with pytest.raises(ValueError, match="earlier swd-keras version"):
         run_search(run_dir=old, resume=True, echo=lambda line: None)
+
+
+# ------------------------------------------------------------ what makes a run folder
+
+def _quiet(line):
+    pass
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, [str(arg) for arg in args])
+
+
+def _error_line(result) -> str:
+    [line] = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    return line
+
+
+@pytest.mark.parametrize("kind", ["search", "retrain", "pipeline"])
+def test_a_run_whose_data_cannot_load_leaves_no_folder(tmp_path, monkeypatch, kind):
+    from swd_keras.data.sources import tfds as tfds_source
+    from swd_keras.pipeline import pipeline_config, run_pipeline
+
+    monkeypatch.setattr(tfds_source, "can_reach", lambda *a, **k: False)  # no downloads
+    empty, run_dir = tmp_path / "tfds", tmp_path / "run"
+    empty.mkdir()
+    with pytest.raises(DatasetUnavailableError, match="cifar10"):
+        if kind == "search":
+            run_search(dataclasses.replace(SEARCH, dataset="cifar10", data_dir=str(empty)),
+                       run_dir, echo=_quiet)
+        elif kind == "retrain":
+            fit_network(run_dir, dataclasses.replace(RETRAIN, dataset="cifar10"),
+                        data_dir=str(empty))
+        else:
+            run_pipeline(pipeline_config("cifar10", data_dir=str(empty)), run_dir, echo=_quiet)
+    assert not run_dir.exists()
+
+    command = {"search": ["search"], "retrain": ["train", "--genotype", "darts_v2"],
+               "pipeline": ["run"]}[kind]
+    result = _invoke(*command, "--dataset", "cifar10", "--data-dir", empty, "--output", run_dir)
+    assert result.exit_code == 2, result.output
+    assert "cifar10" in _error_line(result) and "Traceback" not in result.output
+    assert not run_dir.exists()
+
+
+@needs_tensorflow
+@pytest.mark.parametrize("kind", ["search", "retrain"])
+def test_an_incomplete_record_is_neither_resumed_nor_written_over(tmp_path, kind):
+    complete = _started_on_tensorflow(tmp_path / "complete", kind)
+    assert is_run_folder(tmp_path / "complete", kind) and is_run_folder(tmp_path / "complete")
+    name, command = ("search", "search") if kind == "search" else ("retraining", "train")
+    partial = {**complete, "config": {key: value for key, value in complete["config"].items()
+                                      if key != "epochs"}}
+    new_run = (["search", "--dataset", "digits"] if kind == "search" else
+               ["train", "--genotype", "darts_v2", "--dataset", "digits"])
+    everything = "format, backend, config" + ("" if kind == "search" else ", genotype")
+    for label, record, missing in [("empty", {}, everything),
+                                   ("partial", partial, "config.epochs")]:
+        run_dir = tmp_path / label
+        run_dir.mkdir()
+        (run_dir / "config.json").write_text(json.dumps(record))
+        before = _stamps(run_dir)
+        refusal = re.escape(f"{run_dir / 'config.json'} is not a complete {name} run record: "
+                            f"it has no {missing}.")
+        assert not is_run_folder(run_dir, kind) and not is_run_folder(run_dir), label
+
+        with pytest.raises(ValueError, match=refusal):  # not resumed at the defaults
+            if kind == "search":
+                run_search(run_dir=run_dir, resume=True, echo=_quiet)
+            else:
+                fit_network(run_dir, resume=True)
+        with pytest.raises(ValueError, match="holds no complete run to resume"):
+            if kind == "search":
+                run_search(SEARCH, run_dir, echo=_quiet)
+            else:
+                fit_network(run_dir, RETRAIN)
+
+        result = _invoke(command, "--resume", run_dir)
+        assert result.exit_code == 2 and re.search(refusal, _error_line(result)), result.output
+        result = _invoke(*new_run, "--output", run_dir)
+        assert result.exit_code == 2, result.output
+        assert "holds no complete run to resume" in _error_line(result)
+        assert _stamps(run_dir) == before, f"{label}: a refused run writes nothing"

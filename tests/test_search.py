@@ -205,10 +205,11 @@ def test_frozen_layers_after_a_recompile_stay_unchanged():
 # The recomputation is one backend code path for both methods: checked on every
 # backend for one of them (each case compiles two search steps).
 @pytest.mark.parametrize("method", [pytest.param("swd", marks=pytest.mark.backend), "darts"])
-def test_rematerialized_edges_give_the_same_step(method):
+def test_rematerialized_edges_give_the_same_step(method, bilevel_model):
     # Recomputing the edges for the gradient is the same arithmetic: the same weights,
     # attention and BatchNorm statistics (updated once, not again by the recomputation).
-    plain, remat = tiny_model(method=method), tiny_model(method=method, rematerialize=True)
+    plain = bilevel_model() if method == "swd" else tiny_model(method=method)
+    remat = tiny_model(method=method, rematerialize=True)
     for source, target in zip(plain.supernet.variables, remat.supernet.variables):
         target.assign(to_np(source.value).copy())  # JAX donates the buffers it steps
     initial = snapshot(plain.supernet.variables)
@@ -344,25 +345,25 @@ def test_train_function_traces_once_per_batch_shape(monkeypatch):
 # train_on_batch is checked once.
 @pytest.mark.parametrize("packed", [pytest.param("pair", marks=pytest.mark.backend),
                                     "x_and_y"])
-def test_train_on_batch_steps_and_returns_the_logs(packed):
+def test_train_on_batch_steps_and_returns_the_logs(packed, bilevel_model):
     # Keras hands train_step (x, y, sample_weight); the step finds its pair in either
-    # way of passing it, and takes the same step as fit.
-    stepped, fitted = tiny_model(), tiny_model()
-    for source, target in zip(stepped.variables, fitted.variables):
-        target.assign(to_np(source.value).copy())
+    # way of passing it, and takes the same step as fit (one model, put back to its
+    # initial state in between: the two share the compiled step).
+    model = bilevel_model()
     train, val, data = batches()
-    before = snapshot(stepped.trainable_variables)
+    before = snapshot(model.trainable_variables)
     if packed == "pair":
-        logs = stepped.train_on_batch((train, val), return_dict=True)
+        logs = model.train_on_batch((train, val), return_dict=True)
     else:
-        logs = stepped.train_on_batch(train, val, return_dict=True)
-    fitted.fit(data, epochs=1, verbose=0)
+        logs = model.train_on_batch(train, val, return_dict=True)
     assert set(logs) == {"loss", "accuracy", "arch_loss"}
     assert np.isfinite(list(logs.values())).all()
-    after = snapshot(stepped.trainable_variables)
-    assert any(not np.array_equal(after[p], before[p]) for p in before)
-    for path, value in snapshot(fitted.trainable_variables).items():
-        np.testing.assert_allclose(after[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
+    stepped = snapshot(model.trainable_variables)
+    assert any(not np.array_equal(stepped[p], before[p]) for p in before)
+    model = bilevel_model()
+    model.fit(data, epochs=1, verbose=0)
+    for path, value in snapshot(model.trainable_variables).items():
+        np.testing.assert_allclose(stepped[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
 
 
 def test_jit_compile_on_tensorflow_steps_as_without_it():

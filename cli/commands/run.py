@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 import click
-from swd_keras.cli.commands.search import DATASETS
+from swd_keras.cli.dataset_options import dataset_errors, dataset_options, image_size
 from swd_keras.cli.main import BACKENDS, cli, devices_option, select_backend
 
 # Options that make up the run's settings: with --resume they come from pipeline.json.
-_SETTINGS = ("dataset", "data_dir", "seed", "search_epochs", "search_batch_size",
-             "search_channels", "search_layers", "train_epochs", "train_batch_size",
-             "train_channels", "train_layers", "limit", "name", "version", "overwrite")
+_SETTINGS = ("dataset", "data_dir", "image_size", "test_dir", "holdout", "seed",
+             "search_epochs", "search_batch_size", "search_channels", "search_layers",
+             "train_epochs", "train_batch_size", "train_channels", "train_layers", "limit",
+             "name", "version", "overwrite")
 # Per-stage options -> (stage, config field).
 _STAGE_FIELDS = {
     "search_epochs": ("search", "epochs"), "search_batch_size": ("search", "batch_size"),
@@ -24,10 +25,7 @@ _STAGE_FIELDS = {
 
 
 @cli.command()
-@click.option("--dataset", type=click.Choice(DATASETS), default=None,
-              help="Dataset of both stages (required unless --resume).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="tensorflow-datasets folder with a prepared copy.")
+@dataset_options(dataset_help="Both stages use it (required unless --resume).")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder [default: runs/pipeline-DATASET-SEED]; one that holds this "
                    "pipeline is continued.")
@@ -84,7 +82,10 @@ def run(ctx: click.Context, resume: Path | None, output: Path | None, backend: s
                                    f"drop {flags}.")
     elif options["dataset"] is None:
         raise click.UsageError("--dataset is required (or --resume RUN_DIR).")
-    run_dir = resume or output or Path(f"runs/pipeline-{options['dataset']}-{options['seed']}")
+    from swd_keras.data.names import label
+
+    run_dir = resume or output or Path(f"runs/pipeline-{label(options['dataset'])}-"
+                                       f"{options['seed']}")
     select_backend(backend or _stored_backend(run_dir))
 
     from swd_keras.export import ExportError
@@ -102,16 +103,19 @@ def run(ctx: click.Context, resume: Path | None, output: Path | None, backend: s
         if devices is not None:
             stages["search"]["devices"] = stages["retrain"]["devices"] = devices
         try:
-            config = pipeline_config(options["dataset"], seed=options["seed"],
-                                     data_dir=options["data_dir"], search=stages["search"],
-                                     retrain=stages["retrain"], name=options["name"],
-                                     version=options["version"])
+            with dataset_errors():
+                config = pipeline_config(
+                    options["dataset"], seed=options["seed"], data_dir=options["data_dir"],
+                    search=stages["search"], retrain=stages["retrain"], name=options["name"],
+                    version=options["version"], image_size=image_size(options["image_size"]),
+                    test_dir=options["test_dir"], holdout=options["holdout"])
         except ValueError as error:
             raise click.UsageError(str(error)) from None
     try:
-        result = run_pipeline(config, run_dir, resume=resume is not None,
-                              overwrite=options["overwrite"], echo=click.echo,
-                              devices=devices if resume else None)
+        with dataset_errors():
+            result = run_pipeline(config, run_dir, resume=resume is not None,
+                                  overwrite=options["overwrite"], echo=click.echo,
+                                  devices=devices if resume else None)
     except (SearchDiverged, TrainingDivergedError, ExportError) as error:
         raise click.ClickException(str(error)) from None
     except ValueError as error:

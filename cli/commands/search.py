@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from swd_keras.cli.dataset_options import (
+    BUILTIN_DATASETS,
+    dataset_errors,
+    dataset_options,
+    image_size,
+)
 from swd_keras.cli.main import (
     BACKENDS,
     cli,
@@ -13,13 +19,11 @@ from swd_keras.cli.main import (
     select_backend,
 )
 
-DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "imagenet2012")
+DATASETS = BUILTIN_DATASETS
 
 
 @cli.command()
-@click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="tensorflow-datasets folder with a prepared copy (or downloads/manual).")
+@dataset_options(default="cifar10")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--channels", type=click.IntRange(min=2), default=16, show_default=True)
@@ -78,15 +82,17 @@ def search(**options) -> None:
     TensorBoard logs and a checkpoint into the run folder.
     """
     select_backend(options.pop("backend"))
-    from swd_keras.runs import is_run_folder
+    from swd_keras.data.names import label
+    from swd_keras.runs import read_run
     from swd_keras.search_job import SearchConfig, SearchDiverged, collapse_report, run_search
 
     resume, devices = options.pop("resume"), options.pop("devices")
     config = None
     if resume is not None:
-        if not is_run_folder(resume):
-            raise click.BadParameter(f"{resume} is not a search run folder (no config.json).",
-                                     param_hint="--resume")
+        try:
+            read_run(resume, "search")
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--resume") from None
         run_dir = Path(resume)
     else:
         output = options.pop("output")
@@ -99,17 +105,20 @@ def search(**options) -> None:
                                         if modules[0].endswith(".py") else modules[0])
         if options["primitives"] is not None:
             options["primitives"] = tuple(p.strip() for p in options["primitives"].split(","))
+        options["image_size"] = image_size(options["image_size"])
         try:
-            config = SearchConfig(
-                upper_attention=not options.pop("no_upper_attention"),
-                lower_attention=not options.pop("no_lower_attention"),
-                normalization=not options.pop("no_normalization"), **options)
+            with dataset_errors():
+                config = SearchConfig(
+                    upper_attention=not options.pop("no_upper_attention"),
+                    lower_attention=not options.pop("no_lower_attention"),
+                    normalization=not options.pop("no_normalization"), **options)
         except ValueError as error:
             raise click.UsageError(str(error)) from None
-        run_dir = Path(output or f"runs/search-{config.dataset}-{config.seed}")
+        run_dir = Path(output or f"runs/search-{label(config.dataset)}-{config.seed}")
     try:
-        result = run_search(None if resume else config, run_dir, resume=resume is not None,
-                            echo=click.echo, devices=devices)
+        with dataset_errors():
+            result = run_search(None if resume else config, run_dir,
+                                resume=resume is not None, echo=click.echo, devices=devices)
     except SearchDiverged as error:
         raise click.ClickException(str(error)) from None
     except ValueError as error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from swd_keras.cli.main import cli
+from swd_keras.cli.main import cli, select_backend
 
 
 @cli.command()
@@ -19,6 +19,7 @@ def show(genotype: str, output: Path | None, params: bool) -> None:
 
     Built-ins: darts_v2, swd_nas_paper.
     """
+    select_backend(None, data=False)  # genotypes name Keras primitives: Keras loads
     from swd_keras.genotype import get_genotype
     from swd_keras.plot import plot_genotype
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import click
+from swd_keras.cli.dataset_options import dataset_errors, dataset_options, image_size
 from swd_keras.cli.main import (
     BACKENDS,
     cli,
@@ -15,9 +16,10 @@ from swd_keras.cli.main import (
 )
 
 # Settings stored in a run's config.json: with --resume they come from there.
-_RUN_SETTINGS = ("genotype", "dataset", "epochs", "batch_size", "channels", "layers", "lr",
-                 "lr_min", "momentum", "weight_decay", "grad_clip", "cutout", "drop_path",
-                 "auxiliary", "auxiliary_weight", "label_smoothing", "seed", "limit", "output")
+_RUN_SETTINGS = ("genotype", "dataset", "image_size", "test_dir", "holdout", "epochs",
+                 "batch_size", "channels", "layers", "lr", "lr_min", "momentum", "weight_decay",
+                 "grad_clip", "cutout", "drop_path", "auxiliary", "auxiliary_weight",
+                 "label_smoothing", "seed", "limit", "output")
 # CLI option name -> RetrainConfig field, where they differ.
 _CONFIG_FIELDS = {"lr": "learning_rate", "lr_min": "min_learning_rate"}
 
@@ -28,9 +30,7 @@ backend_option = click.option(
 
 @cli.command()
 @click.option("--genotype", help="Genotype JSON file or built-in name (darts_v2, swd_nas_paper).")
-@click.option("--dataset", help="cifar10, cifar100, digits, synthetic or imagenet2012.")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="TensorFlow Datasets folder.")
+@dataset_options()
 @click.option("--epochs", type=click.IntRange(min=1), help="[default: 600; imagenet2012: 250]")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="[default: 96; imagenet2012: 256]")
@@ -98,8 +98,10 @@ def train(ctx: click.Context, genotype, dataset, data_dir, resume, backend, devi
     )
 
     if resume is None:
+        options["image_size"] = image_size(options["image_size"])
         try:
-            config = _config(genotype, dataset, options, retrain_defaults(dataset))
+            with dataset_errors():
+                config = _config(genotype, dataset, options, retrain_defaults(dataset))
         except ValueError as error:
             raise click.UsageError(str(error)) from None
         from swd_keras.genotype import get_genotype
@@ -108,7 +110,7 @@ def train(ctx: click.Context, genotype, dataset, data_dir, resume, backend, devi
             stacking_plan(get_genotype(genotype), config.layers)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="'--genotype'") from None
-        run_dir = options["output"] or _default_run_dir(genotype, dataset)
+        run_dir = options["output"] or _default_run_dir(genotype, config.dataset)
     else:
         try:
             read_run_config(resume)
@@ -117,8 +119,9 @@ def train(ctx: click.Context, genotype, dataset, data_dir, resume, backend, devi
         config, run_dir = None, resume
 
     try:
-        results = fit_network(run_dir, config, resume=resume is not None, data_dir=data_dir,
-                              devices=devices)
+        with dataset_errors():
+            results = fit_network(run_dir, config, resume=resume is not None,
+                                  data_dir=data_dir, devices=devices)
     except TrainingDivergedError as error:
         raise click.ClickException(str(error)) from None
     except ValueError as error:
@@ -139,8 +142,10 @@ def _config(genotype: str, dataset: str, options: dict, defaults: dict):
 
 
 def _default_run_dir(genotype: str, dataset: str) -> Path:
+    from swd_keras.data.names import label
+
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"retrain-{Path(genotype).stem}-{dataset}-{stamp}"
+    return Path("runs") / f"retrain-{Path(genotype).stem}-{label(dataset)}-{stamp}"
 
 
 def _format_results(results: dict, run_dir: Path) -> str:
@@ -155,20 +160,21 @@ def _format_results(results: dict, run_dir: Path) -> str:
 
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--dataset", required=True,
-              help="cifar10, cifar100, digits, synthetic or imagenet2012.")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="TensorFlow Datasets folder.")
+@dataset_options(dataset_help="[default: the dataset of the retraining run that holds MODEL, "
+                              "from its config.json]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate at most N test examples.")
 @backend_option
 @primitives_module_option
-def evaluate(model: Path, dataset: str, data_dir, batch_size: int, limit, backend) -> None:
-    """Test MODEL (a .keras file, e.g. RUN_DIR/model.keras) on DATASET's test split.
+def evaluate(model: Path, dataset: str | None, data_dir, image_size, test_dir, holdout,
+             batch_size: int, limit, backend) -> None:
+    """Test MODEL (a .keras file, e.g. RUN_DIR/model.keras) on a dataset's test split.
 
     Prints the top-1 accuracy (and top-5 for imagenet2012) and the parameter count.
+    Without --dataset, the test split of the run folder holding MODEL is used.
     """
+    settings = _evaluation_data(model, dataset, image_size, test_dir, holdout)
     select_backend(backend)
     from swd_keras.data import train_data
     from swd_keras.network import count_parameters, load_network
@@ -181,18 +187,38 @@ def evaluate(model: Path, dataset: str, data_dir, batch_size: int, limit, backen
     try:
         # The test split comes with the training data's description; batch 1 keeps the
         # training split's size check out of the way (it is never iterated).
-        data = train_data(dataset, 1, data_dir=data_dir, limit=limit)
+        with dataset_errors():
+            data = train_data(settings["dataset"], 1, data_dir=data_dir, limit=limit,
+                              image_size=settings["image_size"],
+                              test_dir=settings["test_dir"], holdout=settings["holdout"])
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="'--dataset'") from None
     takes = (tuple(network.input_shape[1:]), network.output_shape[-1])
     has = (tuple(data.info.input_shape), data.info.num_classes)
     if takes != has:
         raise click.BadParameter(
-            f"{model} takes {takes[0]} images into {takes[1]} classes; {dataset} has "
+            f"{model} takes {takes[0]} images into {takes[1]} classes; {data.info.name} has "
             f"{has[0]} images and {has[1]} classes.", param_hint="MODEL")
-    top_k = (1, 5) if dataset == "imagenet2012" else (1,)
+    top_k = (1, 5) if settings["dataset"] == "imagenet2012" else (1,)
     scores = evaluate_network(network, data.test_dataset(batch_size), top_k=top_k)
     click.echo(f"top-1 accuracy: {100 * scores['top1']:.2f}% ({scores['examples']} test images)")
     if "top5" in scores:
         click.echo(f"top-5 accuracy: {100 * scores['top5']:.2f}%")
     click.echo(f"parameters: {count_parameters(network):,}")
+
+
+def _evaluation_data(model: Path, dataset, size, test_dir, holdout) -> dict:
+    """The dataset settings to evaluate on: the options, else the settings of the
+    retraining run whose folder holds ``model`` (its ``config.json``)."""
+    if dataset is not None:
+        return {"dataset": dataset, "image_size": image_size(size), "test_dir": test_dir,
+                "holdout": holdout}
+    import json
+
+    try:
+        stored = json.loads((model.parent / "config.json").read_text(encoding="utf-8"))
+        return {key: stored["config"].get(key) for key in ("dataset", "image_size",
+                                                           "test_dir", "holdout")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise click.UsageError(f"--dataset is required: {model.parent} holds no retraining "
+                               f"run's config.json to take it from.") from None

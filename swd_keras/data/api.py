@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from swd_keras.data import sources
 from swd_keras.data.augment import Preprocessing
-from swd_keras.data.info import DATASETS, DatasetInfo
+from swd_keras.data.info import DatasetError, DatasetInfo
 from swd_keras.data.splits import (
     SALT_SEARCH_TRAIN_AUGMENT,
     SALT_SEARCH_TRAIN_ORDER,
@@ -44,7 +44,15 @@ DEFAULT_CUTOUT: dict[str, int] = {
     "imagenet2012": 0,
 }
 """``train_data``'s cutout side per dataset: half the image side (DARTS' 16 on 32x32
-CIFAR); none on ImageNet, where DARTS' retraining uses none."""
+CIFAR); none on ImageNet, where DARTS' retraining uses none. Users' datasets: half the
+shorter side (``default_cutout``)."""
+
+
+def default_cutout(info: DatasetInfo) -> int:
+    """The cutout side ``train_data`` applies by default (``DEFAULT_CUTOUT``)."""
+    if info.source.get("kind") == "builtin":
+        return DEFAULT_CUTOUT[info.name]
+    return min(info.input_shape[:2]) // 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,15 +117,24 @@ class TrainData:
         return evaluation_batches(self._test, self._preprocessing, size)
 
 
-def get_dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
-    """Describes a dataset without loading its examples (tfds: metadata only).
+def get_dataset_info(name, data_dir: str | None = None, image_size=None,
+                     test_dir: str | None = None, holdout: float | None = None) -> DatasetInfo:
+    """Describes a dataset: a built-in without loading its examples (tfds: metadata only).
 
-    For a tfds dataset that is not prepared yet, the split sizes are the published ones.
-    Starts no TensorFlow device (see the module's note on GPUs).
+    For a built-in tfds dataset that is not prepared yet, the split sizes are the
+    published ones. A user's dataset is read (its statistics come from its training
+    split). Starts no TensorFlow device (see the module's note on GPUs).
 
     Args:
-        name: one of ``DATASETS``.
+        name: one of ``DATASETS``, ``tfds:NAME``, an image folder, an ``.npz`` file or
+            an ``ArrayDataset`` (``swd_keras.data.sources.FORMS``).
         data_dir: tfds data folder (default: tfds' own, ``~/tensorflow_datasets``).
+        image_size: ``(height, width)`` to resize a user's images to [default: their
+            own size, which must then be the same for all]; not for the built-ins.
+        test_dir: an image folder's test folder [default: ``DATASET/test`` if there is
+            one, else ``holdout`` of the images are held out].
+        holdout: the fraction held out as the test split where a user's dataset has
+            none [default: 0.1]; a stratified part drawn with a fixed seed.
 
     Returns:
         The ``DatasetInfo``.
@@ -126,12 +143,11 @@ def get_dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
         >>> get_dataset_info("cifar10").input_shape
         (32, 32, 3)
     """
-    _check_name(name)
-    return sources.info(name, data_dir)
+    return sources.info(name, data_dir, image_size, test_dir, holdout)
 
 
 def search_data(
-    name: str,
+    name,
     batch_size: int,
     seed: int = 0,
     data_dir: str | None = None,
@@ -139,6 +155,9 @@ def search_data(
     initial_epoch: int = 0,
     augment: bool = True,
     limit: int | None = None,
+    image_size=None,
+    test_dir: str | None = None,
+    holdout: float | None = None,
 ) -> SearchData:
     """The search input: the training split halved into search-train and search-validation.
 
@@ -148,7 +167,8 @@ def search_data(
     On JAX and PyTorch, hides the GPUs from TensorFlow first (see the module's note).
 
     Args:
-        name: one of ``DATASETS``.
+        name: one of ``DATASETS``, ``tfds:NAME``, an image folder, an ``.npz`` file or
+            an ``ArrayDataset`` (``swd_keras.data.sources.FORMS``).
         batch_size: examples per batch of each half.
         seed: non-negative integer; the split, the order of every epoch and the
             augmentation are functions of it (and of the epoch).
@@ -157,6 +177,12 @@ def search_data(
         initial_epoch: the first epoch (as ``model.fit``'s ``initial_epoch``).
         augment: apply the training augmentation; ``False`` only normalises.
         limit: at most this many examples per half (quick runs and tests).
+        image_size: ``(height, width)`` to resize a user's images to [default: their
+            own size, which must then be the same for all]; not for the built-ins.
+        test_dir: an image folder's test folder [default: ``DATASET/test`` if there is
+            one, else ``holdout`` of the images are held out].
+        holdout: the fraction held out as the test split where a user's dataset has
+            none [default: 0.1]; a stratified part drawn with a fixed seed.
 
     Returns:
         A ``SearchData``.
@@ -170,14 +196,14 @@ def search_data(
         >>> data.steps_per_epoch
         390
     """
-    _check_common(name, batch_size, seed, epochs, initial_epoch, limit)
+    _check_common(batch_size, seed, epochs, initial_epoch, limit)
     keep_tensorflow_off_gpus()
-    source = sources.load(name, data_dir)
+    source = sources.load(name, data_dir, image_size, test_dir, holdout)
     train_half, val_half = (half.limited(limit) for half in source.search_halves(seed))
     steps = min(train_half.size, val_half.size) // batch_size
     if steps == 0:
         raise ValueError(
-            f"batch_size={batch_size} is larger than the search halves of {name} "
+            f"batch_size={batch_size} is larger than the search halves of {source.info.name} "
             f"({train_half.size} and {val_half.size} examples): lower batch_size"
             + (" or raise limit" if limit is not None else "")
         )
@@ -207,7 +233,7 @@ def search_data(
 
 
 def train_data(
-    name: str,
+    name,
     batch_size: int,
     seed: int = 0,
     data_dir: str | None = None,
@@ -216,13 +242,17 @@ def train_data(
     cutout: int | None = None,
     augment: bool = True,
     limit: int | None = None,
+    image_size=None,
+    test_dir: str | None = None,
+    holdout: float | None = None,
 ) -> TrainData:
     """The retraining input: the whole training split, augmented, with cutout.
 
     On JAX and PyTorch, hides the GPUs from TensorFlow first (see the module's note).
 
     Args:
-        name: one of ``DATASETS``.
+        name: one of ``DATASETS``, ``tfds:NAME``, an image folder, an ``.npz`` file or
+            an ``ArrayDataset`` (``swd_keras.data.sources.FORMS``).
         batch_size: examples per batch.
         seed: non-negative integer; the order of every epoch and the augmentation are
             functions of it (and of the epoch).
@@ -231,10 +261,16 @@ def train_data(
         initial_epoch: the first epoch (as ``model.fit``'s ``initial_epoch``).
         cutout: side of the square ``cutout`` zeroes in each training image, smaller
             than the image; 0 for none; ``None`` for the dataset's default
-            (``DEFAULT_CUTOUT``: DARTS' 16 on CIFAR, none on ImageNet). Applied only
-            with ``augment``.
+            (``DEFAULT_CUTOUT``: DARTS' 16 on CIFAR, none on ImageNet, half the shorter
+            side of a user's images). Applied only with ``augment``.
         augment: apply the training augmentation and cutout; ``False`` only normalises.
         limit: at most this many training examples and this many test examples.
+        image_size: ``(height, width)`` to resize a user's images to [default: their
+            own size, which must then be the same for all]; not for the built-ins.
+        test_dir: an image folder's test folder [default: ``DATASET/test`` if there is
+            one, else ``holdout`` of the images are held out].
+        holdout: the fraction held out as the test split where a user's dataset has
+            none [default: 0.1]; a stratified part drawn with a fixed seed.
 
     Returns:
         A ``TrainData``.
@@ -248,25 +284,26 @@ def train_data(
         >>> model.fit(data.dataset, epochs=600, steps_per_epoch=data.steps_per_epoch)
         >>> model.evaluate(data.test_dataset())
     """
-    _check_common(name, batch_size, seed, epochs, initial_epoch, limit)
-    if cutout is None:
-        cutout = DEFAULT_CUTOUT[name]
-    if isinstance(cutout, bool) or not isinstance(cutout, int) or cutout < 0:
+    _check_common(batch_size, seed, epochs, initial_epoch, limit)
+    if cutout is not None and (isinstance(cutout, bool) or not isinstance(cutout, int)
+                               or cutout < 0):
         raise ValueError(f"cutout must be a non-negative integer (0 for none), got {cutout!r}")
     keep_tensorflow_off_gpus()
-    source = sources.load(name, data_dir)
+    source = sources.load(name, data_dir, image_size, test_dir, holdout)
+    label, default = source.info.name, default_cutout(source.info)
+    cutout = default if cutout is None else cutout
     side = min(source.info.input_shape[:2])
     if cutout >= side:
         raise ValueError(
-            f"cutout={cutout} would blank whole {name} images ({side} pixels wide): use at "
-            f"most {side - 1} (the default for {name} is {DEFAULT_CUTOUT[name]})"
+            f"cutout={cutout} would blank whole {label} images ({side} pixels wide): use at "
+            f"most {side - 1} (the default for {label} is {default})"
         )
     train = source.train.limited(limit)
     test = source.test.limited(limit)
     steps = train.size // batch_size
     if steps == 0:
         raise ValueError(
-            f"batch_size={batch_size} is larger than the training split of {name} "
+            f"batch_size={batch_size} is larger than the training split of {label} "
             f"({train.size} examples): lower batch_size"
             + (" or raise limit" if limit is not None else "")
         )
@@ -299,6 +336,40 @@ def train_data(
     )
 
 
+def run_record(info: DatasetInfo, pixel_max: float) -> dict:
+    """What a run folder's ``config.json`` records of its data, beside the settings.
+
+    Args:
+        info: the dataset's ``DatasetInfo``.
+        pixel_max: the stored pixel value that maps to 1.0 (16 for digits, else 255).
+
+    Returns:
+        ``{"preprocessing": {"input_shape", "mean", "std", "pixel_max"}, "num_classes",
+        "class_names", "dataset"}`` (``dataset``: ``DatasetInfo.source``), JSON-ready.
+    """
+    return {"preprocessing": {"input_shape": list(info.input_shape), "mean": list(info.mean),
+                              "std": list(info.std), "pixel_max": pixel_max},
+            "num_classes": info.num_classes, "class_names": list(info.class_names),
+            "dataset": info.source}
+
+
+def check_same_data(record: dict, info: DatasetInfo, run_dir) -> None:
+    """Raises a DatasetError unless ``info`` describes the data ``record`` (a run's
+    ``config.json``) was started on: a resumed run must see the same examples.
+
+    Args:
+        record: the run's record (``run_record``'s keys; older records pass unchecked).
+        info: the reopened dataset's ``DatasetInfo``.
+        run_dir: the run folder, for the message.
+    """
+    recorded = record.get("dataset") or {}
+    if recorded.get("sha256") not in (None, info.source.get("sha256")):
+        where = recorded.get("path") or recorded.get("name") or "the arrays"
+        raise DatasetError("dataset", f"{run_dir} was started on other data: {where} has "
+                                      f"changed since (its files, sizes or contents differ); "
+                                      f"restore it or start a new run")
+
+
 def keep_tensorflow_off_gpus() -> None:
     """On the JAX and PyTorch backends, hides the GPUs from TensorFlow (tf.data runs on
     the CPU); on TensorFlow, which trains on them, does nothing.
@@ -314,11 +385,6 @@ def keep_tensorflow_off_gpus() -> None:
         pass
 
 
-def _check_name(name: str) -> None:
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
-
-
 def _check_positive(value: int, argument: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{argument} must be a positive integer, got {value!r}")
@@ -326,9 +392,8 @@ def _check_positive(value: int, argument: str) -> int:
 
 
 def _check_common(
-    name: str, batch_size: int, seed: int, epochs: int, initial_epoch: int, limit: int | None
+    batch_size: int, seed: int, epochs: int, initial_epoch: int, limit: int | None
 ) -> None:
-    _check_name(name)
     _check_positive(batch_size, "batch_size")
     _check_positive(epochs, "epochs")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:

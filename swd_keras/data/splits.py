@@ -79,9 +79,18 @@ class ArrayStore:
         with tf.init_scope(), tf.device("/CPU:0"):
             return tf.constant(self.images), tf.constant(self.labels)
 
+    def fetch(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The stored image and label of example ``index``."""
+        images, labels = self.tensors
+        return tf.gather(images, index), tf.gather(labels, index)
+
 
 class ArraySplit(Split):
-    """Examples held in memory, selected by ``indices``; shuffles are exact permutations."""
+    """Examples of a store selected by ``indices``; shuffles are exact permutations.
+
+    The store holds the examples in memory (``ArrayStore``) or reads each from disk
+    (``sources.folder.FileStore``): anything with ``fetch(index) -> (raw, label)``.
+    """
 
     def __init__(self, store: ArrayStore, indices: np.ndarray):
         self.store = store
@@ -97,9 +106,10 @@ class ArraySplit(Split):
         indices = tf.constant(self.indices, tf.int64)
         if order_key is not None:
             indices = tf.random.experimental.stateless_shuffle(indices, seed=order_key)
-        images, labels = self.store.tensors
         return tf.data.Dataset.from_tensor_slices(indices).map(
-            lambda i: (tf.gather(images, i), tf.gather(labels, i), i)
+            lambda i: (*self.store.fetch(i), i),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
         )
 
 

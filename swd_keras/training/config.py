@@ -20,7 +20,7 @@ def check_positive_int(value, name: str) -> int:
     return value
 
 
-def retrain_defaults(dataset: str) -> dict[str, Any]:
+def retrain_defaults(dataset) -> dict[str, Any]:
     """SPEC §5's settings for ``dataset``: ImageNet's for ``imagenet2012``, else CIFAR's."""
     if dataset == "imagenet2012":
         return dict(epochs=250, batch_size=256, channels=48, learning_rate=0.1,
@@ -35,7 +35,9 @@ class RetrainConfig(RunConfig):
 
     Args:
         genotype: a built-in name or a genotype JSON path.
-        dataset: a dataset name of ``swd_keras.data.DATASETS``.
+        dataset: a built-in name (``swd_keras.data.DATASETS``), ``tfds:NAME``, an image
+            folder, an ``.npz`` file or an ``ArrayDataset`` (``swd_keras.data.sources.FORMS``);
+            paths are made absolute.
         epochs: training epochs.
         batch_size: examples per step.
         channels: C of the first cells.
@@ -55,10 +57,14 @@ class RetrainConfig(RunConfig):
         limit: use at most this many training and test examples (smoke runs).
         devices: ``"all"`` or a device count: the replicas ``batch_size`` is split over
             (``swd_keras.distribute.data_parallel``).
+        image_size: ``(height, width)`` a user's images are resized to [default: their own].
+        test_dir: an image folder's test folder [default: ``DATASET/test``, else ``holdout``].
+        holdout: the fraction held out as the test split where a user's dataset has none
+            [default: 0.1].
     """
 
     genotype: str
-    dataset: str
+    dataset: Any
     epochs: int = 600
     batch_size: int = 96
     channels: int = 36
@@ -76,10 +82,28 @@ class RetrainConfig(RunConfig):
     seed: int = 0
     limit: int | None = None
     devices: int | str = 1
+    image_size: tuple[int, int] | None = None
+    test_dir: str | None = None
+    holdout: float | None = None
+
+    REQUIRED = ("epochs", "batch_size", "channels", "layers", "seed")
 
     def __post_init__(self) -> None:
+        from swd_keras.data.sources import check_settings
+
         object.__setattr__(self, "devices", check_devices(self.devices))
+        for name, value in zip(("dataset", "image_size", "test_dir", "holdout"),
+                               check_settings(self.dataset, self.image_size, self.test_dir,
+                                              self.holdout), strict=True):
+            object.__setattr__(self, name, value)
         super().__post_init__()
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict (arrays as their ``arrays:HASH`` record)."""
+        from swd_keras.data.sources import recorded
+
+        return {**{field.name: getattr(self, field.name) for field in dataclasses.fields(self)},
+                "dataset": recorded(self.dataset)}
 
     def validate(self) -> RetrainConfig:
         """Raises a ValueError naming the first bad setting; returns self."""
@@ -113,7 +137,7 @@ class RetrainConfig(RunConfig):
         return "imagenet" if self.dataset == "imagenet2012" else "cifar"
 
 
-def raw_pixel_max(dataset: str) -> float:
+def raw_pixel_max(dataset) -> float:
     """The largest raw pixel value of ``dataset``'s stored images (what 1.0 maps from).
 
     Scikit-learn's digits store 0..16; every other dataset stores 0..255 bytes. The

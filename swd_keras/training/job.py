@@ -59,7 +59,7 @@ def fit_network(run_dir: str | os.PathLike, config: RetrainConfig | None = None,
                 resume: bool = False, data_dir: str | None = None,
                 verbose: str | int = "auto",
                 callbacks: list[keras.callbacks.Callback] | None = None,
-                devices: str | int | None = None) -> dict[str, Any]:
+                devices: str | int | None = None, dataset=None) -> dict[str, Any]:
     """Retrains a genotype's network in a run folder, or resumes one; returns the results.
 
     Each epoch ends with a checkpoint (model, optimizer, epoch, drop-path and seed states,
@@ -83,6 +83,8 @@ def fit_network(run_dir: str | os.PathLike, config: RetrainConfig | None = None,
             checkpoint is written.
         devices: replaces the config's ``devices`` for this call (``"all"`` or a count);
             None keeps it (a resumed run: the recorded one; ``config.json`` keeps it).
+        dataset: when resuming a run made from an ``ArrayDataset``, the same arrays
+            again (checked against the run's record); None otherwise.
 
     Returns:
         The results: ``test_top1`` (and ``test_top5`` for ImageNet), ``parameters``,
@@ -93,10 +95,13 @@ def fit_network(run_dir: str | os.PathLike, config: RetrainConfig | None = None,
             ``layers``, ``run_dir`` already holding files (without ``resume``), not
             holding a retraining run, or holding one of another backend (with
             ``resume``), devices that do not exist or a batch that does not split over
-            them; nothing is written then.
+            them, or (resuming) data other than the run's; nothing is written then.
         swd_keras.data.DatasetUnavailableError: the dataset is not available.
         TrainingDivergedError: the loss became NaN or infinite.
     """
+    from swd_keras.data import check_same_data
+    from swd_keras.data.sources import with_arrays
+
     run_dir = Path(run_dir)
     if resume:
         if config is not None:
@@ -104,9 +109,10 @@ def fit_network(run_dir: str | os.PathLike, config: RetrainConfig | None = None,
         record = resume_run(run_dir, "retrain")
         if (run_dir / RESULTS_FILE).is_file() and (run_dir / MODEL_FILE).is_file():
             return json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
-        config = RetrainConfig.from_json(record["config"])
+        config = RetrainConfig.from_json(with_arrays(record["config"], dataset))
         genotype = Genotype.from_dict(record["genotype"])
     else:
+        record = {}
         if config is None:
             raise ValueError("config is required for a new run.")
         # Every process checks before the first collective step (variable creation), so
@@ -122,6 +128,7 @@ def fit_network(run_dir: str | os.PathLike, config: RetrainConfig | None = None,
     with data_parallel(config.devices):
         chief = is_chief()
         data = _training_data(config, data_dir, done)
+        check_same_data(record, data.info, run_dir)
         config = dataclasses.replace(config, cutout=data.cutout)  # record the side applied
         model = _compiled_network(config, genotype, data)
         state = {"epoch": 0, "history": []}
@@ -141,7 +148,8 @@ def _training_data(config: RetrainConfig, data_dir: str | None, done: int):
 
     return train_data(config.dataset, config.batch_size, seed=config.seed, data_dir=data_dir,
                       epochs=config.epochs, initial_epoch=min(done, config.epochs - 1),
-                      cutout=config.cutout, limit=config.limit)
+                      cutout=config.cutout, limit=config.limit, image_size=config.image_size,
+                      test_dir=config.test_dir, holdout=config.holdout)
 
 
 def _compiled_network(config: RetrainConfig, genotype: Genotype, data) -> keras.Model:
@@ -162,11 +170,10 @@ def _compiled_network(config: RetrainConfig, genotype: Genotype, data) -> keras.
 
 def _start(run_dir: Path, config: RetrainConfig, genotype: Genotype, info) -> None:
     """The new run's record: what resuming and the export need besides the settings."""
+    from swd_keras.data import run_record
+
     start_run(run_dir, "retrain", config, genotype=genotype.to_dict(), head=config.head,
-              preprocessing={"input_shape": list(info.input_shape), "mean": list(info.mean),
-                             "std": list(info.std),
-                             "pixel_max": raw_pixel_max(config.dataset)},
-              num_classes=info.num_classes)
+              **run_record(info, raw_pixel_max(config.dataset)))
 
 
 class _EpochRecorder(RunCallback):

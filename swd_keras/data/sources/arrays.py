@@ -1,4 +1,5 @@
-"""A ``Source`` over arrays in memory: uint8 images, one array for all splits."""
+"""A ``Source`` over an indexed store: uint8 images in memory (one array for all splits)
+or files read from disk by index (``folder.FileStore``)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,35 @@ from swd_keras.data.splits import SALT_SEARCH_SPLIT, ArraySplit, ArrayStore, str
 
 def array_source(
     name: str,
-    images: np.ndarray,
+    images: np.ndarray | None,
     labels: np.ndarray,
     train_indices: np.ndarray,
     test_indices: np.ndarray,
     num_classes: int,
     preprocessing: Preprocessing,
+    class_names: tuple[str, ...] | None = None,
+    source: dict | None = None,
+    store=None,
 ) -> Source:
     """The source of ``images``/``labels``; its search halves are a stratified 50/50
-    split of ``train_indices`` drawn with the run's seed."""
-    store = ArrayStore(images, labels)
+    split of ``train_indices`` drawn with the run's seed.
+
+    Args:
+        name: the dataset's label (``DatasetInfo.name``).
+        images: uint8 ``(N, H, W, C)`` images, or None with ``store``.
+        labels: the N integer labels.
+        train_indices: the training split's indices into ``images``.
+        test_indices: the test split's indices.
+        num_classes: the number of labels.
+        preprocessing: the dataset's ``Preprocessing`` (its ``shape`` is the images').
+        class_names: the labels' names [default: ``"0"``, ``"1"``, ...].
+        source: ``DatasetInfo.source`` [default: a built-in dataset's].
+        store: where examples are fetched from, instead of ``images`` in memory.
+
+    Returns:
+        The ``Source``.
+    """
+    store = store or ArrayStore(images, labels)
     train_indices = np.asarray(train_indices, np.int64)
     train_labels = labels[train_indices]
 
@@ -32,13 +52,15 @@ def array_source(
 
     info = DatasetInfo(
         name=name,
-        input_shape=tuple(int(d) for d in images.shape[1:]),
+        input_shape=tuple(int(d) for d in preprocessing.shape),
         num_classes=num_classes,
         num_train=len(train_indices),
         num_val=len(train_indices) // 2,
         num_test=len(test_indices),
         mean=tuple(float(m) for m in preprocessing.mean),
         std=tuple(float(s) for s in preprocessing.std),
+        class_names=tuple(class_names or (str(label) for label in range(num_classes))),
+        source=source or {"kind": "builtin", "name": name},
     )
     return Source(
         info=info,

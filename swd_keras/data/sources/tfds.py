@@ -1,4 +1,5 @@
-"""cifar10, cifar100 and imagenet2012 through TensorFlow Datasets, offline or not.
+"""cifar10, cifar100 and imagenet2012 through TensorFlow Datasets, offline or not, and any
+other tfds image classification dataset by name (``load_any``).
 
 A bare tfds download without network retries for minutes; ``prepared_builder`` answers
 within seconds instead: it prepares a dataset from the archives in tfds' manual folder,
@@ -19,9 +20,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from swd_keras.data.augment import IMAGENET_SIZE, ImageNetCrops, PadCropFlip
-from swd_keras.data.info import DatasetInfo, DatasetUnavailableError
+from swd_keras.data.info import DatasetError, DatasetInfo, DatasetUnavailableError
 from swd_keras.data.sources import Source
 from swd_keras.data.sources.arrays import array_source
+from swd_keras.data.sources.own import sha256
 from swd_keras.data.splits import StreamSplit
 
 # Per-channel statistics in 0..1 units (DARTS' CIFAR values; torchvision's ImageNet ones).
@@ -88,7 +90,108 @@ def load(name: str, data_dir: str | None) -> Source:
         np.arange(num_train, len(images)),
         int(builder.info.features["label"].num_classes),
         preprocessing,
+        tuple(builder.info.features["label"].names),
     )
+
+
+def load_any(name: str, data_dir: str | None, image_size: tuple[int, int] | None,
+             holdout: float | None) -> Source:
+    """Any tfds image classification dataset (``tfds:NAME``), loaded into memory.
+
+    Its image and label are the features of type ``tfds.features.Image`` and
+    ``tfds.features.ClassLabel`` (``feature_keys``); its splits are ``train`` and
+    ``test`` (else ``validation``, else ``holdout`` of ``train`` held out); its class
+    names are the ClassLabel's.
+
+    Args:
+        name: the tfds name (with a config or version if wanted, ``NAME/CONFIG:1.0.0``).
+        data_dir: tfds data folder.
+        image_size: ``(height, width)`` to resize to; required for images of varying size.
+        holdout: the fraction held out without a test split (None: the default).
+
+    Returns:
+        The ``Source``.
+
+    Raises:
+        DatasetError: an unknown name, no image or label feature, images of varying
+            size without ``image_size``.
+        DatasetUnavailableError: not prepared and not obtainable here.
+    """
+    from swd_keras.data.sources.own import in_memory_source, resize
+
+    # The features are known before the data is: a dataset that cannot be searched is
+    # refused without a download.
+    image_key, label_key = feature_keys(checked_builder(name, data_dir).info.features, name)
+    builder = prepared_builder(name, data_dir)
+    image_feature = builder.info.features[image_key]
+    height, width, channels = image_feature.shape
+    if image_size is None and (height is None or width is None):
+        raise DatasetError("image_size", f"tfds:{name} has images of varying size: pass "
+                                         f"--image-size H W (image_size=(H, W))")
+    size = image_size or (height, width)
+    splits = list(builder.info.splits) or ["train", "test"]  # no metadata: tfds' usual
+    test_split = next((split for split in ("test", "validation") if split in splits), None)
+
+    def read(split: str) -> tuple[np.ndarray, np.ndarray]:
+        dataset = builder.as_dataset(split=split, shuffle_files=False,
+                                     read_config=tfds.ReadConfig(try_autocache=False))
+        dataset = dataset.map(lambda example: (resize(example[image_key], size),
+                                               example[label_key]))
+        images, labels = [], []
+        for image_batch, label_batch in dataset.batch(_LOAD_BATCH).as_numpy_iterator():
+            images.append(image_batch)
+            labels.append(label_batch)
+        return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
+    images, labels = read("train")
+    test_images, test_labels = read(test_split) if test_split else (None, None)
+    label_feature = builder.info.features[label_key]
+    source = {"kind": "tfds", "name": builder.info.full_name,
+              "sha256": sha256(builder.info.full_name, str(len(images)), str(size))}
+    return in_memory_source(f"tfds:{name}", images, labels, test_images, test_labels,
+                            tuple(label_feature.names), holdout, source)
+
+
+def checked_builder(name: str, data_dir: str | None):
+    """The tfds builder of ``name``, or a DatasetError naming close registered names."""
+    import difflib
+
+    with _tfds_warnings_off():
+        try:
+            return tfds.builder(name, data_dir=expand(data_dir))
+        except tfds.core.registered.DatasetNotFoundError:
+            known = tfds.list_builders(with_community_datasets=False)
+    close = difflib.get_close_matches(name.split("/")[0], known, n=3)
+    raise DatasetError("dataset", f"tfds has no dataset {name!r}"
+                                  + (f" (did you mean {', '.join(close)}?)" if close else "")
+                                  + f"; tfds.list_builders() lists the {len(known)} it has")
+
+
+def feature_keys(features, name: str) -> tuple[str, str]:
+    """The keys of a tfds dataset's image feature and its ClassLabel feature.
+
+    A single feature of each type is taken; of several, the one named ``image`` /
+    ``label``.
+
+    Raises:
+        DatasetError: no such feature, or several without the usual name.
+    """
+    kinds = ((tfds.features.Image, "image", "image"),
+             (tfds.features.ClassLabel, "label", "label (ClassLabel)"))
+    found = [[key for key, feature in features.items() if isinstance(feature, kind)]
+             for kind, _, _ in kinds]
+    for keys, (_, _, what) in zip(found, kinds, strict=True):
+        if not keys:
+            raise DatasetError("dataset", f"tfds:{name} has no {what} feature (it has "
+                                          f"{', '.join(features.keys())}): only image "
+                                          f"classification datasets can be searched")
+    chosen = []
+    for keys, (_, usual, what) in zip(found, kinds, strict=True):
+        if len(keys) > 1 and usual not in keys:
+            raise DatasetError("dataset", f"tfds:{name} has several {what} features "
+                                          f"({', '.join(keys)}) and none named {usual!r}")
+        chosen.append(keys[0] if len(keys) == 1 else usual)
+    return chosen[0], chosen[1]
 
 
 def _info(name: str, builder, num_train: int, num_test: int) -> DatasetInfo:
@@ -106,6 +209,8 @@ def _info(name: str, builder, num_train: int, num_test: int) -> DatasetInfo:
         num_test=int(num_test),
         mean=mean,
         std=std,
+        class_names=tuple(builder.info.features["label"].names),
+        source={"kind": "builtin", "name": name},
     )
 
 
