@@ -258,13 +258,10 @@ def export_model(model_or_path: keras.Model | str | os.PathLike,
     Example:
         >>> export_model("runs/digits-train/model.keras", ["onnx", "tflite"], "exports")
     """
-    formats = _check_formats(formats)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"version must be a positive integer, got {version!r}.")
-    modules = {fmt: importlib.import_module(_FORMAT_MODULES[fmt]) for fmt in formats}
-    for fmt, module in modules.items():
-        _check_requirements(fmt, module.REQUIRES)
-        module.check_backend()
+    modules = check_formats(formats)
+    formats = tuple(modules)
     if out_dir is None:
         out_dir = "savedmodels" if "saved_model" in formats else "exports"
     model_path = None if isinstance(model_or_path, keras.Model) else Path(model_or_path)
@@ -334,7 +331,31 @@ def export_savedmodel(model_or_path: keras.Model | str | os.PathLike,
                         verbose=verbose)
 
 
-def _check_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
+def check_formats(formats: str | Sequence[str]) -> dict[str, Any]:
+    """Checks that every format of ``formats`` can be exported here, before anything is
+    computed (the pipeline calls it before its search).
+
+    Args:
+        formats: one or several of ``FORMATS``.
+
+    Returns:
+        Format -> its module, in ``FORMATS``' order.
+
+    Raises:
+        ValueError: an unknown format, or none.
+        ExportError: a format whose packages are not installed (naming the pip extra),
+            or that Keras cannot export from this backend.
+    """
+    modules = {fmt: importlib.import_module(_FORMAT_MODULES[fmt])
+               for fmt in format_names(formats)}
+    for fmt, module in modules.items():
+        _check_requirements(fmt, module.REQUIRES)
+        module.check_backend()
+    return modules
+
+
+def format_names(formats: str | Sequence[str]) -> tuple[str, ...]:
+    """``formats`` as a tuple in ``FORMATS``' order; a ValueError names an unknown one."""
     chosen = (formats,) if isinstance(formats, str) else tuple(formats)
     unknown = [fmt for fmt in chosen if fmt not in FORMATS]
     if unknown or not chosen:

@@ -99,6 +99,8 @@ class PipelineConfig(RunConfig):
             search's.
         name: the exported model's name (TF Serving's ``MODEL_NAME``).
         version: the exported version folder number.
+        formats: the export's formats (``swd_keras.export.FORMATS``: ``saved_model``,
+            ``onnx``, ``tflite``), all in one version folder.
 
     Build one with ``pipeline_config``; every other setting can be changed with
     ``dataclasses.replace(config.search, ...)`` / ``(config.retrain, ...)``.
@@ -108,6 +110,7 @@ class PipelineConfig(RunConfig):
     retrain: RetrainConfig
     name: str
     version: int = 1
+    formats: tuple[str, ...] = ("saved_model",)
 
     @property
     def dataset(self) -> str:
@@ -122,6 +125,10 @@ class PipelineConfig(RunConfig):
         retraining network's ``layers`` (checked before hours of searching), and the
         export name and version are valid folder names.
         """
+        from swd_keras.export import format_names
+
+        # JSON gives a list; a tuple keeps the config hashable.
+        object.__setattr__(self, "formats", format_names(self.formats))
         self.search.validate()
         if self.retrain.genotype != SEARCHED_GENOTYPE:
             raise ValueError(f"retrain.genotype must be {SEARCHED_GENOTYPE!r} (the pipeline "
@@ -144,12 +151,13 @@ class PipelineConfig(RunConfig):
 
     def to_json(self) -> dict[str, Any]:
         return {"search": self.search.to_json(), "retrain": self.retrain.to_json(),
-                "name": self.name, "version": self.version}
+                "name": self.name, "version": self.version, "formats": list(self.formats)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PipelineConfig:
         return cls(SearchConfig.from_json(data["search"]),
-                   RetrainConfig.from_json(data["retrain"]), data["name"], data["version"])
+                   RetrainConfig.from_json(data["retrain"]), data["name"], data["version"],
+                   data.get("formats", ("saved_model",)))
 
 
 def _searched_layout(search: SearchConfig) -> Genotype:
@@ -168,8 +176,8 @@ def pipeline_config(dataset, *, seed: int = 0, data_dir: str | None = None,
                     search: dict[str, Any] | None = None,
                     retrain: dict[str, Any] | None = None, name: str | None = None,
                     version: int = 1, image_size: tuple[int, int] | None = None,
-                    test_dir: str | None = None,
-                    holdout: float | None = None) -> PipelineConfig:
+                    test_dir: str | None = None, holdout: float | None = None,
+                    formats: str | tuple[str, ...] = ("saved_model",)) -> PipelineConfig:
     """The pipeline settings for ``dataset``: its defaults, updated by the given ones.
 
     Args:
@@ -185,6 +193,7 @@ def pipeline_config(dataset, *, seed: int = 0, data_dir: str | None = None,
         image_size: ``(height, width)`` a user's images are resized to, both stages.
         test_dir: an image folder's test folder, both stages.
         holdout: the fraction held out where a user's dataset has no test split.
+        formats: the export's formats (``saved_model``, ``onnx``, ``tflite``).
 
     Returns:
         The validated ``PipelineConfig``. The defaults are the paper's (``SearchConfig``;
@@ -219,7 +228,8 @@ def pipeline_config(dataset, *, seed: int = 0, data_dir: str | None = None,
     retrain_config = RetrainConfig(SEARCHED_GENOTYPE, **_resolved(search_config),
                                    seed=seed, **paper, **stages["retrain"])
     return PipelineConfig(search_config, retrain_config,
-                          name or f"swd_nas_{label(dataset).replace('-', '_')}", version)
+                          name or f"swd_nas_{label(dataset).replace('-', '_')}", version,
+                          (formats,) if isinstance(formats, str) else tuple(formats))
 
 
 def _resolved(search: SearchConfig) -> dict[str, Any]:
@@ -316,7 +326,7 @@ class PipelineResult:
         genotype: the searched genotype (``run_dir/search/genotype.json``).
         results: the retraining results (``run_dir/train/results.json``: ``test_top1``,
             ``test_examples``, ``parameters``, ...).
-        export_path: the verified SavedModel version folder.
+        export_path: the verified export's version folder.
         stages: each stage's record in ``pipeline.json`` (seconds, outputs, checks).
         skipped: the stages an earlier call had finished, which this one skipped.
     """
@@ -364,7 +374,7 @@ def run_pipeline(config: PipelineConfig | None = None, run_dir: str | Path = "ru
             a stage's loss became NaN/inf (its last good checkpoint is kept).
         swd_keras.export.ExportError: the SavedModel failed its verification.
     """
-    from swd_keras.export import ExportError, check_export_backend
+    from swd_keras.export import ExportError, check_formats
 
     run_dir = Path(run_dir)
     if resume:
@@ -381,7 +391,7 @@ def run_pipeline(config: PipelineConfig | None = None, run_dir: str | Path = "ru
     for stage in (config.search, config.retrain):
         replica_count(devices or stage.devices, stage.batch_size)
     try:
-        check_export_backend()
+        check_formats(config.formats)
     except ExportError as error:
         raise ValueError(f"the export stage cannot run here: {error}") from None
     created = not resume and not run_dir.exists()
@@ -457,7 +467,7 @@ def _train_stage(run_dir: Path, config: PipelineConfig, state: dict,
 
 def _export_stage(run_dir: Path, config: PipelineConfig, state: dict,
                   echo: Callable[[str], None]) -> Path:
-    from swd_keras.export import export_savedmodel, serving_instructions
+    from swd_keras.export import export_model, serving_instructions
 
     relative = Path(EXPORT_DIR) / config.name / str(config.version)
     if "export" not in state["finished"] and is_chief():
@@ -465,13 +475,14 @@ def _export_stage(run_dir: Path, config: PipelineConfig, state: dict,
         echo(f"== stage 3/3: export and verify, {run_dir / relative}")
         # A target already there was moved into place, verified, by an export killed
         # before it could be recorded: this pipeline's own output, so it is replaced.
-        exported = export_savedmodel(run_dir / TRAIN_DIR / MODEL_FILE, run_dir / EXPORT_DIR,
-                                     name=config.name, version=config.version,
-                                     overwrite=True, verbose=False)
-        echo(f"served from a separate Python process: outputs match the Keras model "
-             f"(max |difference| {exported.max_abs_diff:.2e}).")
+        exported = export_model(run_dir / TRAIN_DIR / MODEL_FILE, config.formats,
+                                run_dir / EXPORT_DIR, name=config.name,
+                                version=config.version, overwrite=True, verbose=False)
+        echo(f"{', '.join(config.formats)}: each served from a separate Python process, "
+             f"outputs match the Keras model (max |difference| "
+             f"{exported.max_abs_diff:.2e}).")
         _finish(run_dir, state, "export", {
-            "path": relative.as_posix(), "verified": True,
+            "path": relative.as_posix(), "formats": list(config.formats), "verified": True,
             "max_abs_diff": exported.max_abs_diff, "batch_sizes": list(exported.batch_sizes),
             "seconds": round(time.time() - started, 1)})
     echo(serving_instructions(run_dir / relative, config.name))

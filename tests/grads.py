@@ -27,7 +27,9 @@ def layer_gradients(layer, loss_fn, *args, **kwargs):
             out, _ = layer.stateless_call(trainable, non_trainable, *args, **kwargs)
             return loss_fn(out)
 
-        grads = jax.grad(compute)([v.value for v in variables])
+        # Compiled: eager JAX dispatches (and compiles) every op of a supernet on its
+        # own, several times slower than compiling the whole gradient once.
+        grads = jax.jit(jax.grad(compute))([v.value for v in variables])
     elif backend == "torch":
         for v in variables:
             v.value.grad = None
@@ -41,6 +43,25 @@ def layer_gradients(layer, loss_fn, *args, **kwargs):
         v.path: np.zeros(v.shape) if g is None else keras.ops.convert_to_numpy(g)
         for v, g in zip(variables, grads)
     }
+
+
+def layer_outputs(layer, *args, **kwargs):
+    """``layer(*args, **kwargs)`` without changing its variables (BatchNorm statistics
+    included), compiled on JAX for the reason of ``layer_gradients``; a nested structure
+    of NumPy arrays."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+        outputs, _ = jax.jit(lambda t, n: layer.stateless_call(t, n, *args, **kwargs))(
+            trainable, non_trainable)
+    else:
+        values = [keras.ops.convert_to_numpy(v.value).copy() for v in layer.variables]
+        outputs = layer(*args, **kwargs)
+        for variable, value in zip(layer.variables, values):
+            variable.assign(value)
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
 
 
 def input_gradient(fn, x):

@@ -31,7 +31,7 @@ TRAIN = ["--epochs", "1", "--layers", "1", "--channels", "4", "--batch-size", "4
 
 
 def _run(*args):
-    from swd_keras.cli.commands import run, search, train  # noqa: F401  (registers them)
+    from swd_keras.cli.commands import export, run, search, train  # noqa: F401  (registers them)
 
     return CliRunner().invoke(cli, [str(a) for a in args])
 
@@ -84,12 +84,14 @@ def download_allowed(monkeypatch):
 
 
 @pytest.mark.slow
-def test_image_folder_searched_retrained_and_evaluated(tmp_path):
+def test_image_folder_searched_retrained_evaluated_and_exported(tmp_path):
     data = _make_folder(tmp_path / "images")
     search_dir, train_dir = tmp_path / "search", tmp_path / "train"
     result = _run("search", "--dataset", data, "--image-size", 8, 8, *SEARCH,
                   "--output", search_dir)
     assert result.exit_code == 0, result.output
+    assert (f"retrain it with: swd-keras train --genotype {search_dir / 'genotype.json'} "
+            f"--dataset {data.resolve()} --image-size 8 8") in result.output
     record = json.loads((search_dir / "config.json").read_text())
     assert record["class_names"] == ["class_0", "class_1", "class_2"]
     assert record["num_classes"] == 3
@@ -118,6 +120,27 @@ def test_image_folder_searched_retrained_and_evaluated(tmp_path):
     assert result.exit_code == 0 and expected in result.output, result.output
     result = _run("evaluate", train_dir / "model.keras", "--dataset", data, "--image-size", 16, 16)
     assert result.exit_code == 2 and "takes (8, 8, 3) images" in _error_line(result)
+
+    # Exported with the folder's class names and its normalisation inside: ONNX Runtime on
+    # raw pixels against the Keras network on NumPy-normalised ones.
+    import onnxruntime
+
+    from swd_keras.network import load_network
+
+    result = _run("export", train_dir / "model.keras", "--format", "onnx", "--output-dir",
+                  tmp_path / "exports", "--name", "folder")
+    assert result.exit_code == 0, result.output
+    version = tmp_path / "exports" / "folder" / "1"
+    assert (version / "labels.txt").read_text().split() == record["class_names"]
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    session = onnxruntime.InferenceSession(str(version / "model.onnx"))
+    probabilities = session.run(["probabilities"], {"images": pixels})[0]
+    pre = record["preprocessing"]
+    x = (pixels / pre["pixel_max"] - np.array(pre["mean"])) / np.array(pre["std"])
+    logits = np.asarray(load_network(train_dir / "model.keras")(x.astype("float32")))
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(probabilities, expected / expected.sum(1, keepdims=True),
+                               atol=1e-4)
 
 
 @pytest.mark.slow

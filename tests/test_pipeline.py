@@ -83,6 +83,9 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path):
         (["--dataset", "digits", "--search-channels", "4"], "reduction edges need at least 2"),
         (["--resume", tmp_path], "is not a pipeline run folder"),
         (["--resume", tmp_path, "--train-epochs", "3"], "drop --train-epochs"),
+        (["--resume", tmp_path, "--format", "onnx"], "drop --format"),
+        (["--dataset", "digits", "--format", "saved_model,pdf"],
+         "'pdf': choose from saved_model, onnx, tflite"),
     ]
     for args, message in cases:
         output = [] if "--resume" in args else ["--output", run_dir]
@@ -140,7 +143,9 @@ def _stamps(paths):
 @pytest.mark.slow
 def test_digits_pipeline_killed_resumed_served_and_skipped(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    config = pipeline_config("digits", search=TINY_SEARCH, retrain=TINY_RETRAIN)
+    config = pipeline_config("digits", search=TINY_SEARCH, retrain=TINY_RETRAIN,
+                             formats=("onnx", "saved_model"))
+    assert config.formats == ("saved_model", "onnx")  # FORMATS' order: the SavedModel first
 
     # 1. Killed in the search, after its first epoch's checkpoint.
     def kill_after_first_search_epoch(line):
@@ -186,9 +191,10 @@ def test_digits_pipeline_killed_resumed_served_and_skipped(tmp_path, monkeypatch
     assert export["path"] == "savedmodels/swd_nas_digits/1" and export["verified"] is True
     assert export["max_abs_diff"] <= 1e-4 and export["batch_sizes"] == [1, 4]
     saved = run_dir / export["path"]
-    assert (saved / "saved_model.pb").is_file()
-    assert "served from a separate Python process" in result.output
-    assert f"SavedModel: {saved} (verified)" in result.output
+    assert (saved / "saved_model.pb").is_file() and (saved / "model.onnx").is_file()
+    assert export["formats"] == ["saved_model", "onnx"]
+    assert "saved_model, onnx: each served from a separate Python process" in result.output
+    assert f"export:     {saved} (saved_model, onnx, verified)" in result.output
     assert "tensorflow/serving" in result.output
     # The served model, fed raw pixels, scores the retraining's own test accuracy.
     correct, examples = _served_correct(saved, TINY_RETRAIN["limit"])
@@ -205,14 +211,15 @@ def test_digits_pipeline_killed_resumed_served_and_skipped(tmp_path, monkeypatch
                run_dir / "search" / "checkpoint.npz", run_dir / "train" / "model.keras",
                run_dir / "train" / "results.json", saved / "saved_model.pb"]
     before = _stamps(outputs)
-    for args in (["--resume", run_dir], [*TINY_FLAGS, "--output", run_dir]):
+    same = [*TINY_FLAGS, "--format", "onnx,saved_model"]
+    for args in (["--resume", run_dir], [*same, "--output", run_dir]):
         result = _run(*args)
         assert result.exit_code == 0, result.output
         assert "finished before, skipped: search, train, export" in result.output
         assert "== stage" not in result.output
         assert _stamps(outputs) == before
     # Other settings on the same folder are refused.
-    result = _run(*TINY_FLAGS, "--train-epochs", "3", "--output", run_dir)
+    result = _run(*same, "--train-epochs", "3", "--output", run_dir)
     assert result.exit_code == 2
     assert "other settings (retrain.epochs: 2 -> 3" in _error_line(result)
     assert _stamps(outputs) == before

@@ -23,11 +23,17 @@ def _formats(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(chosen)) or ("saved_model",)
 
 
+def formats_option(command):
+    """``--format saved_model|onnx|tflite`` (repeatable, or a comma list), for ``export``
+    and ``run``."""
+    return click.option("--format", "formats", multiple=True, callback=_formats,
+                        help="saved_model, onnx or tflite; repeat it or give a comma list "
+                             "[default: saved_model].")(command)
+
+
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--format", "formats", multiple=True, callback=_formats,
-              help="saved_model, onnx or tflite; repeat it or give a comma list "
-                   "[default: saved_model].")
+@formats_option
 @click.option("--name", default=None,
               help="Model name [default: the run folder's name, else the file's stem].")
 @click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True,

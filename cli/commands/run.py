@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+from swd_keras.cli.commands.export import formats_option
 from swd_keras.cli.dataset_options import dataset_errors, dataset_options, image_size
 from swd_keras.cli.main import BACKENDS, cli, devices_option, select_backend
 
@@ -13,7 +14,7 @@ from swd_keras.cli.main import BACKENDS, cli, devices_option, select_backend
 _SETTINGS = ("dataset", "data_dir", "image_size", "test_dir", "holdout", "seed",
              "search_epochs", "search_batch_size", "search_channels", "search_layers",
              "train_epochs", "train_batch_size", "train_channels", "train_layers", "limit",
-             "name", "version", "overwrite")
+             "name", "version", "formats", "overwrite")
 # Per-stage options -> (stage, config field).
 _STAGE_FIELDS = {
     "search_epochs": ("search", "epochs"), "search_batch_size": ("search", "batch_size"),
@@ -59,24 +60,28 @@ _STAGE_FIELDS = {
               help="Exported model name [default: swd_nas_DATASET].")
 @click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True,
               help="Exported version folder number.")
+@formats_option
 @click.option("--overwrite", is_flag=True,
               help="Start over: delete the pipeline run that --output holds.")
 @devices_option
 @click.pass_context
 def run(ctx: click.Context, resume: Path | None, output: Path | None, backend: str | None,
         devices, **options) -> None:
-    """Search cells, retrain the genotype and export a verified SavedModel, in one folder.
+    """Search cells, retrain the genotype and export it verified, in one folder.
 
     RUN_DIR holds pipeline.json (settings and finished stages), search/, train/ and
-    savedmodels/NAME/VERSION/. Re-running with --resume RUN_DIR (or the same command)
-    skips the finished stages and continues the unfinished one from its last checkpoint.
+    savedmodels/NAME/VERSION/ (the --format exports: a SavedModel, model.onnx,
+    model.tflite and model_int8.tflite, each checked in its own runtime). Re-running
+    with --resume RUN_DIR (or the same command) skips the finished stages and continues
+    the unfinished one from its last checkpoint.
     Defaults are the paper's; on digits they finish in about ten minutes on a CPU.
     """
     given = [name for name in _SETTINGS
              if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
     if resume is not None:
         if given or output is not None:
-            flags = ", ".join("--" + name.replace("_", "-")
+            options_of = {param.name: param.opts[0] for param in ctx.command.params}
+            flags = ", ".join(options_of[name]
                               for name in [*given, *(["output"] if output else [])])
             raise click.UsageError(f"--resume takes the settings from {resume}/pipeline.json; "
                                    f"drop {flags}.")
@@ -108,7 +113,8 @@ def run(ctx: click.Context, resume: Path | None, output: Path | None, backend: s
                     options["dataset"], seed=options["seed"], data_dir=options["data_dir"],
                     search=stages["search"], retrain=stages["retrain"], name=options["name"],
                     version=options["version"], image_size=image_size(options["image_size"]),
-                    test_dir=options["test_dir"], holdout=options["holdout"])
+                    test_dir=options["test_dir"], holdout=options["holdout"],
+                    formats=options["formats"])
         except ValueError as error:
             raise click.UsageError(str(error)) from None
     try:
@@ -127,7 +133,8 @@ def run(ctx: click.Context, resume: Path | None, output: Path | None, backend: s
                f"({results['parameters']:,} parameters)\n"
                f"  test top-1 accuracy: {100 * results['test_top1']:.2f}% "
                f"({results['test_examples']} test images)\n"
-               f"  SavedModel: {result.export_path} (verified)")
+               f"  export:     {result.export_path} "
+               f"({', '.join(stages['export'].get('formats', ['saved_model']))}, verified)")
 
 
 def _stored_backend(run_dir: Path) -> str | None:

@@ -126,4 +126,22 @@ def search(**options) -> None:
     click.echo(f"\ngenotype ({result.run_dir / 'genotype.json'}):\n{result.genotype}")
     click.echo(collapse_report(result.genotype))
     click.echo(f"search took {result.seconds:.0f} s; retrain it with: swd-keras train "
-               f"--genotype {result.run_dir / 'genotype.json'} --dataset {result.dataset}")
+               f"{retrain_arguments(result)}")
+
+
+def retrain_arguments(result) -> str:
+    """The ``swd-keras train`` arguments that retrain ``result``'s genotype on its data."""
+    import shlex
+
+    from swd_keras.search_job import load_config
+
+    config = load_config(result.run_dir)
+    arguments = ["--genotype", str(result.run_dir / "genotype.json"), "--dataset",
+                 str(result.dataset)]
+    if config.image_size is not None:
+        arguments += ["--image-size", *map(str, config.image_size)]
+    if config.test_dir is not None:
+        arguments += ["--test-dir", str(config.test_dir)]
+    if config.holdout is not None:
+        arguments += ["--holdout", str(config.holdout)]
+    return shlex.join(arguments)
