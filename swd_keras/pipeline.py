@@ -38,6 +38,7 @@ from typing import Any
 import keras
 
 from swd_keras.data.names import label
+from swd_keras.data.run_config import DATA_FIELDS
 from swd_keras.distribute import check_devices, is_chief, replica_count
 from swd_keras.genotype import CellGenotype, Genotype, default_reduction_indices
 from swd_keras.network import stacking_plan
@@ -82,9 +83,8 @@ at batch 64."""
 
 # Fields the pipeline sets itself, one value for both stages (or, for the retraining's
 # genotype, the search's output).
-_DATA_FIELDS = ("dataset", "image_size", "test_dir", "holdout")
-_PIPELINE_FIELDS = {"search": (*_DATA_FIELDS, "data_dir", "seed"),
-                    "retrain": (*_DATA_FIELDS, "seed", "genotype")}
+_PIPELINE_FIELDS = {"search": (*DATA_FIELDS, "data_dir", "seed"),
+                    "retrain": (*DATA_FIELDS, "seed", "genotype")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +133,7 @@ class PipelineConfig(RunConfig):
         if self.retrain.genotype != SEARCHED_GENOTYPE:
             raise ValueError(f"retrain.genotype must be {SEARCHED_GENOTYPE!r} (the pipeline "
                              f"retrains its own search's genotype), got {self.retrain.genotype!r}.")
-        for field in (*_DATA_FIELDS, "seed"):
+        for field in (*DATA_FIELDS, "seed"):
             if getattr(self.retrain, field) != getattr(self.search, field):
                 raise ValueError(f"retrain.{field} ({getattr(self.retrain, field)!r}) must equal "
                                  f"search.{field} ({getattr(self.search, field)!r}).")
@@ -235,7 +235,7 @@ def pipeline_config(dataset, *, seed: int = 0, data_dir: str | None = None,
 def _resolved(search: SearchConfig) -> dict[str, Any]:
     """The search's dataset settings as it normalised them (absolute paths), for the
     retraining to equal them."""
-    return {field: getattr(search, field) for field in _DATA_FIELDS}
+    return {field: getattr(search, field) for field in DATA_FIELDS}
 
 
 # -- the state file ---------------------------------------------------------------------

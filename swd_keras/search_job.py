@@ -19,12 +19,12 @@ from typing import Any
 
 import keras
 
+from swd_keras.data.run_config import DatasetRunConfig
 from swd_keras.distribute import check_devices, data_parallel, replica_count
 from swd_keras.genotype import Genotype
 from swd_keras.runs import (
     CHECKPOINT_FILE,
     RunCallback,
-    RunConfig,
     RunDiverged,
     atomic_write_text,
     check_new_run_folder,
@@ -43,7 +43,7 @@ step; bfloat16 keeps float32's range and needs none (GPUs from Ampere on, recent
 
 
 @dataclasses.dataclass(frozen=True)
-class SearchConfig(RunConfig):
+class SearchConfig(DatasetRunConfig):
     """Every setting of a search; the defaults are the paper's (SPEC §1-4).
 
     Validated when made (``validate``): a bad setting raises a ValueError naming it.
@@ -95,23 +95,11 @@ class SearchConfig(RunConfig):
                 "seed")
 
     def __post_init__(self) -> None:
-        from swd_keras.data.sources import check_settings
-
         if self.primitives is not None:  # JSON gives a list; a tuple keeps the config hashable
             object.__setattr__(self, "primitives", tuple(self.primitives))
         object.__setattr__(self, "devices", check_devices(self.devices))
-        for name, value in zip(("dataset", "image_size", "test_dir", "holdout"),
-                               check_settings(self.dataset, self.image_size, self.test_dir,
-                                              self.holdout), strict=True):
-            object.__setattr__(self, name, value)
+        self._check_data_fields()
         super().__post_init__()
-
-    def to_json(self) -> dict[str, Any]:
-        """The settings as a JSON-ready dict (arrays as their ``arrays:HASH`` record)."""
-        from swd_keras.data.sources import recorded
-
-        return {**{field.name: getattr(self, field.name) for field in dataclasses.fields(self)},
-                "dataset": recorded(self.dataset)}
 
     def validate(self) -> SearchConfig:
         """Raises a ValueError naming the first bad setting; returns self."""

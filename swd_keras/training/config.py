@@ -7,8 +7,9 @@ import os
 from typing import Any
 
 from swd_keras.cells import check_drop_path_rate
+from swd_keras.data.run_config import DatasetRunConfig
 from swd_keras.distribute import check_devices
-from swd_keras.runs import RunConfig, read_run
+from swd_keras.runs import read_run
 
 RESULTS_FILE, MODEL_FILE, TENSORBOARD_DIR = "results.json", "model.keras", "tensorboard"
 
@@ -30,7 +31,7 @@ def retrain_defaults(dataset) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True)
-class RetrainConfig(RunConfig):
+class RetrainConfig(DatasetRunConfig):
     """The settings of a retraining run (SPEC §5; CIFAR defaults), validated when made.
 
     Args:
@@ -89,21 +90,9 @@ class RetrainConfig(RunConfig):
     REQUIRED = ("epochs", "batch_size", "channels", "layers", "seed")
 
     def __post_init__(self) -> None:
-        from swd_keras.data.sources import check_settings
-
         object.__setattr__(self, "devices", check_devices(self.devices))
-        for name, value in zip(("dataset", "image_size", "test_dir", "holdout"),
-                               check_settings(self.dataset, self.image_size, self.test_dir,
-                                              self.holdout), strict=True):
-            object.__setattr__(self, name, value)
+        self._check_data_fields()
         super().__post_init__()
-
-    def to_json(self) -> dict[str, Any]:
-        """The settings as a JSON-ready dict (arrays as their ``arrays:HASH`` record)."""
-        from swd_keras.data.sources import recorded
-
-        return {**{field.name: getattr(self, field.name) for field in dataclasses.fields(self)},
-                "dataset": recorded(self.dataset)}
 
     def validate(self) -> RetrainConfig:
         """Raises a ValueError naming the first bad setting; returns self."""
