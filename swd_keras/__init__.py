@@ -32,6 +32,8 @@ _LAZY = {
     **dict.fromkeys(("RetrainConfig", "fit_network", "DropPathSchedule"), "swd_keras.training"),
     **dict.fromkeys(("export_model", "export_savedmodel", "verify_export"), "swd_keras.export"),
     **dict.fromkeys(("run_pipeline", "pipeline_config", "PipelineConfig"), "swd_keras.pipeline"),
+    **dict.fromkeys(("SearchHyperModel", "RetrainHyperModel", "SWDTuner", "run_ablation"),
+                    "swd_keras.tuning"),
 }
 
 

@@ -100,7 +100,8 @@ class PipelineConfig(RunConfig):
         name: the exported model's name (TF Serving's ``MODEL_NAME``).
         version: the exported version folder number.
         formats: the export's formats (``swd_keras.export.FORMATS``: ``saved_model``,
-            ``onnx``, ``tflite``), all in one version folder.
+            ``onnx``, ``tflite``), all in one version folder; empty: no export stage
+            (a tuning trial's pipeline, ``swd_keras.tuning``).
 
     Build one with ``pipeline_config``; every other setting can be changed with
     ``dataclasses.replace(config.search, ...)`` / ``(config.retrain, ...)``.
@@ -128,7 +129,8 @@ class PipelineConfig(RunConfig):
         from swd_keras.export import format_names
 
         # JSON gives a list; a tuple keeps the config hashable.
-        object.__setattr__(self, "formats", format_names(self.formats))
+        object.__setattr__(self, "formats",
+                           format_names(self.formats) if self.formats else ())
         self.search.validate()
         if self.retrain.genotype != SEARCHED_GENOTYPE:
             raise ValueError(f"retrain.genotype must be {SEARCHED_GENOTYPE!r} (the pipeline "
@@ -177,6 +179,7 @@ def pipeline_config(dataset, *, seed: int = 0, data_dir: str | None = None,
                     retrain: dict[str, Any] | None = None, name: str | None = None,
                     version: int = 1, image_size: tuple[int, int] | None = None,
                     test_dir: str | None = None, holdout: float | None = None,
+                    validation: float = 0.0,
                     formats: str | tuple[str, ...] = ("saved_model",)) -> PipelineConfig:
     """The pipeline settings for ``dataset``: its defaults, updated by the given ones.
 
@@ -193,7 +196,10 @@ def pipeline_config(dataset, *, seed: int = 0, data_dir: str | None = None,
         image_size: ``(height, width)`` a user's images are resized to, both stages.
         test_dir: an image folder's test folder, both stages.
         holdout: the fraction held out where a user's dataset has no test split.
-        formats: the export's formats (``saved_model``, ``onnx``, ``tflite``).
+        validation: the fraction of the training split both stages leave out; the
+            retraining is then scored on it (``val_top1``) besides the test split.
+        formats: the export's formats (``saved_model``, ``onnx``, ``tflite``); empty for
+            no export.
 
     Returns:
         The validated ``PipelineConfig``. The defaults are the paper's (``SearchConfig``;
@@ -221,7 +227,7 @@ def pipeline_config(dataset, *, seed: int = 0, data_dir: str | None = None,
                                  f"allowed: {sorted(fields - set(_PIPELINE_FIELDS[stage]))}.")
         stages[stage] = {**defaults.get(stage, {}), **given}
     data = {"dataset": dataset, "image_size": image_size, "test_dir": test_dir,
-            "holdout": holdout}
+            "holdout": holdout, "validation": validation}
     search_config = SearchConfig(**data, data_dir=data_dir, seed=seed, **stages["search"])
     paper = {key: value for key, value in retrain_defaults(dataset).items()
              if key not in stages["retrain"]}
@@ -326,7 +332,7 @@ class PipelineResult:
         genotype: the searched genotype (``run_dir/search/genotype.json``).
         results: the retraining results (``run_dir/train/results.json``: ``test_top1``,
             ``test_examples``, ``parameters``, ...).
-        export_path: the verified export's version folder.
+        export_path: the verified export's version folder (None without formats).
         stages: each stage's record in ``pipeline.json`` (seconds, outputs, checks).
         skipped: the stages an earlier call had finished, which this one skipped.
     """
@@ -334,7 +340,7 @@ class PipelineResult:
     run_dir: Path
     genotype: Genotype
     results: dict[str, Any]
-    export_path: Path
+    export_path: Path | None
     stages: dict[str, dict[str, Any]]
     skipped: tuple[str, ...]
 
@@ -391,7 +397,8 @@ def run_pipeline(config: PipelineConfig | None = None, run_dir: str | Path = "ru
     for stage in (config.search, config.retrain):
         replica_count(devices or stage.devices, stage.batch_size)
     try:
-        check_formats(config.formats)
+        if config.formats:
+            check_formats(config.formats)
     except ExportError as error:
         raise ValueError(f"the export stage cannot run here: {error}") from None
     created = not resume and not run_dir.exists()
@@ -416,14 +423,19 @@ def run_pipeline(config: PipelineConfig | None = None, run_dir: str | Path = "ru
                           skipped)
 
 
+def _stage_count(config: PipelineConfig) -> int:
+    """The stages a run has: no export without formats."""
+    return len(STAGES) if config.formats else len(STAGES) - 1
+
+
 def _search_stage(run_dir: Path, config: PipelineConfig, state: dict,
                   echo: Callable[[str], None], verbose, devices) -> Genotype:
     if "search" in state["finished"]:
         return Genotype.load(run_dir / SEARCHED_GENOTYPE)
     folder, started = run_dir / SEARCH_DIR, time.time()
     resuming = is_run_folder(folder)
-    echo(f"== stage 1/3: search ({'resumed from its last checkpoint' if resuming else 'new'})"
-         f", {folder}")
+    echo(f"== stage 1/{_stage_count(config)}: search "
+         f"({'resumed from its last checkpoint' if resuming else 'new'}), {folder}")
     result = run_search(None if resuming else config.search, folder, resume=resuming,
                         echo=echo, verbose=verbose, devices=devices)
     echo(f"genotype:\n{result.genotype}\n{collapse_report(result.genotype)}")
@@ -443,7 +455,7 @@ def _train_stage(run_dir: Path, config: PipelineConfig, state: dict,
     resuming = is_run_folder(folder)
     if resuming:
         done = completed_epochs(folder)
-        echo(f"== stage 2/3: retrain (resumed after epoch {done} of "
+        echo(f"== stage 2/{_stage_count(config)}: retrain (resumed after epoch {done} of "
              f"{config.retrain.epochs}), {folder}")
         retrain = None
     else:
@@ -451,8 +463,8 @@ def _train_stage(run_dir: Path, config: PipelineConfig, state: dict,
         # left by a start killed before then and holds nothing to resume.
         if folder.exists() and is_chief():
             shutil.rmtree(folder)
-        echo(f"== stage 2/3: retrain ({config.retrain.layers} cells, C={config.retrain.channels}"
-             f", {config.retrain.epochs} epochs), {folder}")
+        echo(f"== stage 2/{_stage_count(config)}: retrain ({config.retrain.layers} cells, "
+             f"C={config.retrain.channels}, {config.retrain.epochs} epochs), {folder}")
         retrain = dataclasses.replace(config.retrain, genotype=str(run_dir / SEARCHED_GENOTYPE))
     results = fit_network(folder, retrain, resume=resuming, data_dir=config.search.data_dir,
                           verbose=verbose, devices=devices)
@@ -466,9 +478,11 @@ def _train_stage(run_dir: Path, config: PipelineConfig, state: dict,
 
 
 def _export_stage(run_dir: Path, config: PipelineConfig, state: dict,
-                  echo: Callable[[str], None]) -> Path:
+                  echo: Callable[[str], None]) -> Path | None:
     from swd_keras.export import export_model, serving_instructions
 
+    if not config.formats:
+        return None
     relative = Path(EXPORT_DIR) / config.name / str(config.version)
     if "export" not in state["finished"] and is_chief():
         started = time.time()

@@ -59,6 +59,9 @@ class SearchConfig(DatasetRunConfig):
     """An image folder's test folder [default: ``DATASET/test``, else ``holdout``]."""
     holdout: float | None = None
     """The fraction held out as the test split where a user's dataset has none [0.1]."""
+    validation: float = 0.0
+    """The fraction of the training split set aside, unseen by the search, as the
+    validation split a tuning trial's retraining is scored on (0 for none)."""
     epochs: int = 30
     batch_size: int = 64
     channels: int = 16
@@ -78,6 +81,10 @@ class SearchConfig(DatasetRunConfig):
     normalization: bool = True
     ua_pooling: str = "avg+max"
     la_pooling: str = "avg"
+    ua_reduction: int = 2
+    """UA's MLP channel reduction ratio r_ua (SPEC §2)."""
+    la_reduction: int = 8
+    """LA's MLP channel reduction ratio r_la (SPEC §2)."""
     jit: bool | None = None
     precision: str = "float32"
     remat: bool | str = "auto"
@@ -123,6 +130,9 @@ class SearchConfig(DatasetRunConfig):
             (min(self.lr, self.arch_lr) > 0 and self.lr_min >= 0,
              "lr and arch_lr must be > 0 and lr_min >= 0"),
             (self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip}"),
+            (min(self.ua_reduction, self.la_reduction) >= 1,
+             f"ua_reduction and la_reduction must be at least 1, got {self.ua_reduction} "
+             f"and {self.la_reduction}"),
             (self.precision in PRECISIONS,
              f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
             (isinstance(self.remat, bool) or self.remat in remat_choices,
@@ -170,7 +180,8 @@ def build_search_model(config: SearchConfig, input_shape, num_classes: int,
         supernet = build_supernet(
             input_shape, num_classes, channels=config.channels, layers=config.layers,
             k=config.k, method=config.method, ua_pooling=config.ua_pooling,
-            la_pooling=config.la_pooling, upper_attention=config.upper_attention,
+            la_pooling=config.la_pooling, ua_reduction=config.ua_reduction,
+            la_reduction=config.la_reduction, upper_attention=config.upper_attention,
             lower_attention=config.lower_attention,
             rematerialize=resolve_remat(config.remat),
             **({} if config.primitives is None else {"primitives": config.primitives}))
@@ -324,7 +335,7 @@ def run_search(config: SearchConfig | None = None, run_dir: str | Path = "runs/s
                            data_dir=config.data_dir, epochs=config.epochs,
                            initial_epoch=initial_epoch, limit=config.limit,
                            image_size=config.image_size, test_dir=config.test_dir,
-                           holdout=config.holdout)
+                           holdout=config.holdout, validation=config.validation)
         check_same_data(record, data.info, run_dir)
         echo(f"      {data.num_train_examples} search-train / {data.num_val_examples} "
              f"search-val images, {data.steps_per_epoch} steps per epoch, images "

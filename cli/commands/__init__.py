@@ -3,4 +3,4 @@
 Command modules import keras and swd_keras only inside their functions, so that
 ``--backend`` can set ``KERAS_BACKEND`` before Keras is first imported.
 """
-from swd_keras.cli.commands import export, run, search, show, train  # noqa: F401
+from swd_keras.cli.commands import ablate, export, run, search, show, train, tune  # noqa: F401

@@ -9,22 +9,11 @@ import click
 from swd_keras.cli.commands.export import formats_option
 from swd_keras.cli.dataset_options import dataset_errors, dataset_options, image_size
 from swd_keras.cli.main import BACKENDS, cli, devices_option, select_backend
+from swd_keras.cli.stage_options import STAGE_FIELDS, stage_options, stage_settings
 
 # Options that make up the run's settings: with --resume they come from pipeline.json.
 _SETTINGS = ("dataset", "data_dir", "image_size", "test_dir", "holdout", "seed",
-             "search_epochs", "search_batch_size", "search_channels", "search_layers",
-             "train_epochs", "train_batch_size", "train_channels", "train_layers", "limit",
-             "name", "version", "formats", "overwrite")
-# Per-stage options -> (stage, config field).
-_STAGE_FIELDS = {
-    "search_epochs": ("search", "epochs"), "search_batch_size": ("search", "batch_size"),
-    "search_channels": ("search", "channels"), "search_layers": ("search", "layers"),
-    "train_epochs": ("retrain", "epochs"), "train_batch_size": ("retrain", "batch_size"),
-    "train_channels": ("retrain", "channels"), "train_layers": ("retrain", "layers"),
-    "limit": ("both", "limit"),
-}
-
-
+             *STAGE_FIELDS, "name", "version", "formats", "overwrite")
 @cli.command()
 @dataset_options(dataset_help="Both stages use it (required unless --resume).")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -36,26 +25,7 @@ _STAGE_FIELDS = {
               help="Keras backend [default: a resumed run's own, else $KERAS_BACKEND or "
                    "tensorflow].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--search-epochs", type=click.IntRange(min=1), default=None,
-              help="[default: 30; digits and synthetic: 8]")
-@click.option("--search-batch-size", type=click.IntRange(min=1), default=None,
-              help="[default: 64]")
-@click.option("--search-channels", type=click.IntRange(min=2), default=None,
-              help="C of the supernet [default: 16]")
-@click.option("--search-layers", type=click.IntRange(min=1), default=None,
-              help="Cells of the supernet [default: 5]")
-@click.option("--train-epochs", type=click.IntRange(min=1), default=None,
-              help="[default: 600 (imagenet2012: 250); digits and synthetic: 50]")
-@click.option("--train-batch-size", type=click.IntRange(min=1), default=None,
-              help="[default: 96 (imagenet2012: 256); digits and synthetic: 64]")
-@click.option("--train-channels", type=click.IntRange(min=2), default=None,
-              help="C of the retrained network [default: 36 (imagenet2012: 48); digits and "
-                   "synthetic: 16]")
-@click.option("--train-layers", type=click.IntRange(min=1), default=None,
-              help="Cells of the retrained network [default: 20; digits and synthetic: 8]")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Use at most N images per search half and N training and test images "
-                   "(smoke runs).")
+@stage_options()
 @click.option("--name", default=None,
               help="Exported model name [default: swd_nas_DATASET].")
 @click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True,
@@ -100,13 +70,7 @@ def run(ctx: click.Context, resume: Path | None, output: Path | None, backend: s
 
     config = None
     if resume is None:
-        stages: dict[str, dict] = {"search": {}, "retrain": {}}
-        for option, (stage, field) in _STAGE_FIELDS.items():
-            if options[option] is not None:
-                for name in ("search", "retrain") if stage == "both" else (stage,):
-                    stages[name][field] = options[option]
-        if devices is not None:
-            stages["search"]["devices"] = stages["retrain"]["devices"] = devices
+        stages = stage_settings(options, devices)
         try:
             with dataset_errors():
                 config = pipeline_config(

@@ -18,6 +18,7 @@ from swd_keras.cli.main import (
     primitives_module_option,
     select_backend,
 )
+from swd_keras.cli.stage_options import primitives_option
 
 DATASETS = BUILTIN_DATASETS
 
@@ -68,11 +69,13 @@ DATASETS = BUILTIN_DATASETS
               show_default=True)
 @click.option("--la-pooling", type=click.Choice(("avg", "avg+max")), default="avg",
               show_default=True)
+@click.option("--ua-reduction", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Channel reduction ratio of UA's MLP.")
+@click.option("--la-reduction", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Channel reduction ratio of LA's MLP.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use at most this many images per search half (quick runs).")
-@click.option("--primitives", default=None, metavar="A,B,...",
-              help="Candidate operations, comma-separated, in channel-slice order "
-                   "[default: the paper's 8].")
+@primitives_option
 @devices_option
 @primitives_module_option
 def search(**options) -> None:
@@ -103,8 +106,6 @@ def search(**options) -> None:
         # A file by its absolute path: a resumed run may start from another folder.
         options["primitives_module"] = (None if not modules else str(Path(modules[0]).resolve())
                                         if modules[0].endswith(".py") else modules[0])
-        if options["primitives"] is not None:
-            options["primitives"] = tuple(p.strip() for p in options["primitives"].split(","))
         options["image_size"] = image_size(options["image_size"])
         try:
             with dataset_errors():

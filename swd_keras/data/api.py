@@ -92,6 +92,8 @@ class TrainData:
         num_test_examples: test examples (after ``limit``).
         batch_size: the training batch size, the default for ``test_dataset``.
         cutout: the cutout side applied (0: none).
+        num_validation_examples: examples set aside as the validation split (after
+            ``limit``; 0 without ``validation``).
     """
 
     dataset: tf.data.Dataset
@@ -101,8 +103,10 @@ class TrainData:
     num_test_examples: int
     batch_size: int
     cutout: int
+    num_validation_examples: int
     _test: Split = dataclasses.field(repr=False)
     _preprocessing: Preprocessing = dataclasses.field(repr=False)
+    _validation: Split | None = dataclasses.field(repr=False)
 
     def test_dataset(self, batch_size: int | None = None) -> tf.data.Dataset:
         """The test split as ``(x, y)`` batches: unaugmented, never shuffled, remainder kept.
@@ -113,8 +117,23 @@ class TrainData:
         Returns:
             A ``tf.data.Dataset`` of float32 NHWC images and int32 labels.
         """
+        return self._evaluation_batches(self._test, batch_size)
+
+    def validation_dataset(self, batch_size: int | None = None) -> tf.data.Dataset:
+        """The validation split (``train_data``'s ``validation``) as ``test_dataset`` gives
+        the test split.
+
+        Raises:
+            ValueError: the data was made without ``validation``.
+        """
+        if self._validation is None:
+            raise ValueError("this data has no validation split: pass validation=FRACTION "
+                             "to train_data.")
+        return self._evaluation_batches(self._validation, batch_size)
+
+    def _evaluation_batches(self, split: Split, batch_size: int | None) -> tf.data.Dataset:
         size = self.batch_size if batch_size is None else _check_positive(batch_size, "batch_size")
-        return evaluation_batches(self._test, self._preprocessing, size)
+        return evaluation_batches(split, self._preprocessing, size)
 
 
 def get_dataset_info(name, data_dir: str | None = None, image_size=None,
@@ -158,6 +177,7 @@ def search_data(
     image_size=None,
     test_dir: str | None = None,
     holdout: float | None = None,
+    validation: float = 0.0,
 ) -> SearchData:
     """The search input: the training split halved into search-train and search-validation.
 
@@ -183,6 +203,9 @@ def search_data(
             one, else ``holdout`` of the images are held out].
         holdout: the fraction held out as the test split where a user's dataset has
             none [default: 0.1]; a stratified part drawn with a fixed seed.
+        validation: the fraction of the training split set aside as a validation split
+            that neither half contains (``train_data``'s ``validation_dataset``: the same
+            examples); 0 for none.
 
     Returns:
         A ``SearchData``.
@@ -198,7 +221,7 @@ def search_data(
     """
     _check_common(batch_size, seed, epochs, initial_epoch, limit)
     keep_tensorflow_off_gpus()
-    source = sources.load(name, data_dir, image_size, test_dir, holdout)
+    source = sources.load(name, data_dir, image_size, test_dir, holdout, validation)
     train_half, val_half = (half.limited(limit) for half in source.search_halves(seed))
     steps = min(train_half.size, val_half.size) // batch_size
     if steps == 0:
@@ -245,6 +268,7 @@ def train_data(
     image_size=None,
     test_dir: str | None = None,
     holdout: float | None = None,
+    validation: float = 0.0,
 ) -> TrainData:
     """The retraining input: the whole training split, augmented, with cutout.
 
@@ -271,6 +295,9 @@ def train_data(
             one, else ``holdout`` of the images are held out].
         holdout: the fraction held out as the test split where a user's dataset has
             none [default: 0.1]; a stratified part drawn with a fixed seed.
+        validation: the fraction of the training split set aside as a validation split
+            (``TrainData.validation_dataset``), stratified and drawn with a fixed seed,
+            so that every run on the dataset validates on the same examples; 0 for none.
 
     Returns:
         A ``TrainData``.
@@ -289,7 +316,7 @@ def train_data(
                                or cutout < 0):
         raise ValueError(f"cutout must be a non-negative integer (0 for none), got {cutout!r}")
     keep_tensorflow_off_gpus()
-    source = sources.load(name, data_dir, image_size, test_dir, holdout)
+    source = sources.load(name, data_dir, image_size, test_dir, holdout, validation)
     label, default = source.info.name, default_cutout(source.info)
     cutout = default if cutout is None else cutout
     side = min(source.info.input_shape[:2])
@@ -300,6 +327,7 @@ def train_data(
         )
     train = source.train.limited(limit)
     test = source.test.limited(limit)
+    validation_split = source.validation.limited(limit) if source.validation else None
     steps = train.size // batch_size
     if steps == 0:
         raise ValueError(
@@ -331,8 +359,10 @@ def train_data(
         num_test_examples=test.size,
         batch_size=batch_size,
         cutout=cutout if augment else 0,
+        num_validation_examples=validation_split.size if validation_split else 0,
         _test=test,
         _preprocessing=source.preprocessing,
+        _validation=validation_split,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from swd_keras.runs import RunConfig
 
-DATA_FIELDS = ("dataset", "image_size", "test_dir", "holdout")
+DATA_FIELDS = ("dataset", "image_size", "test_dir", "holdout", "validation")
 """The config fields that name a job's data (``swd_keras.data.sources.check_settings``)."""
 
 

@@ -62,6 +62,8 @@ class RetrainConfig(DatasetRunConfig):
         test_dir: an image folder's test folder [default: ``DATASET/test``, else ``holdout``].
         holdout: the fraction held out as the test split where a user's dataset has none
             [default: 0.1].
+        validation: the fraction of the training split set aside as a validation split
+            (not trained on); ``results.json`` then records ``val_top1`` on it (0: none).
     """
 
     genotype: str
@@ -86,6 +88,7 @@ class RetrainConfig(DatasetRunConfig):
     image_size: tuple[int, int] | None = None
     test_dir: str | None = None
     holdout: float | None = None
+    validation: float = 0.0
 
     REQUIRED = ("epochs", "batch_size", "channels", "layers", "seed")
 

@@ -66,7 +66,8 @@ def fit_network(run_dir: str | os.PathLike, config: RetrainConfig | None = None,
     history), written atomically; ``resume=True`` continues after the last one and gives
     the result of an unbroken run (the data pipeline is a function of seed and epoch).
     After the last epoch the inference model is saved as ``model.keras`` and evaluated
-    once on the test split; ``results.json`` records it.
+    once on the test split (and on the validation split, with ``config.validation``);
+    ``results.json`` records it.
 
     Data-parallel over ``config.devices`` (``swd_keras.distribute.data_parallel``): every
     process trains and tests, only the chief writes the run folder, and every process
@@ -87,8 +88,9 @@ def fit_network(run_dir: str | os.PathLike, config: RetrainConfig | None = None,
             again (checked against the run's record); None otherwise.
 
     Returns:
-        The results: ``test_top1`` (and ``test_top5`` for ImageNet), ``parameters``,
-        ``epochs`` and the last epoch's training metrics.
+        The results: ``test_top1`` (and ``test_top5`` for ImageNet; ``val_top1`` with
+        ``config.validation``), ``test_examples``, ``parameters``, ``epochs`` and the
+        last epoch's training metrics.
 
     Raises:
         ValueError: invalid settings, an unknown genotype or one that does not fit
@@ -149,7 +151,8 @@ def _training_data(config: RetrainConfig, data_dir: str | None, done: int):
     return train_data(config.dataset, config.batch_size, seed=config.seed, data_dir=data_dir,
                       epochs=config.epochs, initial_epoch=min(done, config.epochs - 1),
                       cutout=config.cutout, limit=config.limit, image_size=config.image_size,
-                      test_dir=config.test_dir, holdout=config.holdout)
+                      test_dir=config.test_dir, holdout=config.holdout,
+                      validation=config.validation)
 
 
 def _compiled_network(config: RetrainConfig, genotype: Genotype, data) -> keras.Model:
@@ -208,10 +211,14 @@ def _test(model: keras.Model, config: RetrainConfig, data, run_dir: Path,
     final = inference_model(model)
     if chief:
         save_model(final, run_dir / MODEL_FILE)
-    scores = evaluate_network(final, data.test_dataset(),
-                              top_k=(1, 5) if config.head == "imagenet" else (1,))
+    top_k = (1, 5) if config.head == "imagenet" else (1,)
+    splits = {"test": data.test_dataset()}
+    if data.num_validation_examples:
+        splits["val"] = data.validation_dataset()
+    scores = {f"{split}_{key}": value for split, batches in splits.items()
+              for key, value in evaluate_network(final, batches, top_k=top_k).items()}
     results = {
-        **{f"test_{key}": value for key, value in scores.items()},
+        **scores,
         "parameters": count_parameters(model),
         "epochs": config.epochs,
         "final_epoch_metrics": state["history"][-1] if state["history"] else {},

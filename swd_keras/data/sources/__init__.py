@@ -35,6 +35,8 @@ class Source:
     train: Split
     test: Split
     search_halves: Callable[[int], tuple[Split, Split]]
+    validation: Split | None = None
+    """Examples set aside from the training split (``hold_out_validation``), or None."""
 
 
 def dataset_kind(dataset) -> str:
@@ -70,7 +72,8 @@ def dataset_kind(dataset) -> str:
                                   + (" (no such file or folder)" if not path.exists() else ""))
 
 
-def check_settings(dataset, image_size=None, test_dir=None, holdout=None) -> tuple:
+def check_settings(dataset, image_size=None, test_dir=None, holdout=None,
+                   validation=0.0) -> tuple:
     """The dataset settings checked and made reopenable, without reading any data.
 
     Paths become absolute (a resumed run may start from another folder).
@@ -80,9 +83,11 @@ def check_settings(dataset, image_size=None, test_dir=None, holdout=None) -> tup
         image_size: ``(height, width)`` to resize to (not for built-ins).
         test_dir: an image folder's test folder (folders only).
         holdout: the fraction held out where there is no test split (not for built-ins).
+        validation: the fraction of the training split set aside as a validation split
+            (``hold_out_validation``); 0 for none.
 
     Returns:
-        ``(dataset, image_size, test_dir, holdout)``, normalised.
+        ``(dataset, image_size, test_dir, holdout, validation)``, normalised.
 
     Raises:
         DatasetError: a bad setting, naming it.
@@ -101,9 +106,13 @@ def check_settings(dataset, image_size=None, test_dir=None, holdout=None) -> tup
         if not Path(test_dir).expanduser().is_dir():
             raise DatasetError("test_dir", f"test_dir {test_dir} is not a folder")
         test_dir = str(Path(test_dir).expanduser().resolve())
+    if isinstance(validation, bool) or not isinstance(validation, int | float) \
+            or not 0.0 <= validation < 1.0:
+        raise DatasetError("validation", f"validation must be a fraction in [0, 1) (0 for "
+                                         f"none), got {validation!r}")
     if kind in ("folder", "npz"):
         dataset = str(Path(dataset).expanduser().resolve())
-    return dataset, image_size, test_dir, holdout
+    return dataset, image_size, test_dir, holdout, float(validation)
 
 
 def recorded(dataset) -> str:
@@ -130,13 +139,18 @@ def with_arrays(stored: dict, dataset) -> dict:
 
 
 def load(dataset, data_dir: str | None, image_size=None, test_dir=None,
-         holdout=None) -> Source:
+         holdout=None, validation=0.0) -> Source:
     """The source of ``dataset`` (tfds: prepared first if it can be; see ``check_settings``
-    for the arguments)."""
+    for the arguments), with its validation split set aside if ``validation``."""
+    dataset, image_size, test_dir, holdout, validation = check_settings(
+        dataset, image_size, test_dir, holdout, validation)
+    source = _load(dataset, data_dir, image_size, test_dir, holdout)
+    return hold_out_validation(source, validation) if validation else source
+
+
+def _load(dataset, data_dir: str | None, image_size, test_dir, holdout) -> Source:
     from swd_keras.data.sources import folder, tfds, user_arrays
 
-    dataset, image_size, test_dir, holdout = check_settings(dataset, image_size, test_dir,
-                                                            holdout)
     kind = dataset_kind(dataset)
     if kind == "builtin":
         return tfds.load(dataset, data_dir) if dataset in TFDS_DATASETS else in_memory(dataset)
@@ -147,6 +161,35 @@ def load(dataset, data_dir: str | None, image_size=None, test_dir=None,
     if kind == "npz":
         return user_arrays.load_npz(dataset, image_size, holdout)
     return user_arrays.load_arrays(dataset, image_size, holdout)
+
+
+def hold_out_validation(source: Source, fraction: float) -> Source:
+    """``source`` with a stratified ``fraction`` of its training split set aside as its
+    ``validation`` split: the training split and the search halves are the rest.
+
+    The part is drawn with a fixed seed (``own.held_out``), so every run and every trial
+    of a tuning project on this dataset validates on the same examples, whatever its seed.
+
+    Raises:
+        DatasetError: a streamed dataset (imagenet2012), or a fraction that leaves no
+            validation or no training example of some class.
+    """
+    from swd_keras.data.sources.arrays import stratified_halves
+    from swd_keras.data.sources.own import held_out
+    from swd_keras.data.splits import ArraySplit
+
+    train = source.train
+    if not isinstance(train, ArraySplit):
+        raise DatasetError("validation", f"validation needs a dataset read by index; "
+                                         f"{source.info.name} is streamed")
+    kept, validation = held_out(train.store.labels[train.indices], fraction,
+                                f"{source.info.name}'s training split", "validation")
+    kept, validation = train.indices[kept], train.indices[validation]
+    info = dataclasses.replace(source.info, num_train=len(kept), num_val=len(kept) // 2)
+    return dataclasses.replace(
+        source, info=info, train=ArraySplit(train.store, kept),
+        search_halves=functools.partial(stratified_halves, train.store, kept),
+        validation=ArraySplit(train.store, validation))
 
 
 def info(dataset, data_dir: str | None, image_size=None, test_dir=None,

@@ -3,6 +3,8 @@ or files read from disk by index (``folder.FileStore``)."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from swd_keras.data.augment import Preprocessing
@@ -43,12 +45,6 @@ def array_source(
     """
     store = store or ArrayStore(images, labels)
     train_indices = np.asarray(train_indices, np.int64)
-    train_labels = labels[train_indices]
-
-    def search_halves(seed: int) -> tuple[ArraySplit, ArraySplit]:
-        rng = np.random.default_rng([seed, SALT_SEARCH_SPLIT])
-        first, second = stratified_parts(train_labels, 2, rng)
-        return ArraySplit(store, train_indices[first]), ArraySplit(store, train_indices[second])
 
     info = DatasetInfo(
         name=name,
@@ -67,8 +63,17 @@ def array_source(
         preprocessing=preprocessing,
         train=ArraySplit(store, train_indices),
         test=ArraySplit(store, test_indices),
-        search_halves=search_halves,
+        search_halves=functools.partial(stratified_halves, store, train_indices),
     )
+
+
+def stratified_halves(store, indices: np.ndarray, seed: int) -> tuple[ArraySplit, ArraySplit]:
+    """The search halves of the examples ``indices`` of ``store``: a class-stratified
+    50/50 split drawn with the run's ``seed``."""
+    rng = np.random.default_rng([seed, SALT_SEARCH_SPLIT])
+    first, second = stratified_parts(store.labels[indices], 2, rng)
+    return ArraySplit(store, indices[first]), ArraySplit(store, indices[second])
+
 
 
 def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -56,9 +56,9 @@ def check_holdout(holdout) -> float | None:
     return float(holdout)
 
 
-def held_out(labels: np.ndarray, holdout: float | None, where: str) -> tuple[np.ndarray,
-                                                                           np.ndarray]:
-    """The training and held-out test indices of ``labels``: a stratified fraction.
+def held_out(labels: np.ndarray, holdout: float | None, where: str,
+             argument: str = "holdout") -> tuple[np.ndarray, np.ndarray]:
+    """The kept and held-out indices of ``labels``: a stratified fraction.
 
     Each class of ``count >= 2`` examples gives ``round(holdout * count)`` of them, at
     least one and never all, drawn with a fixed seed (so every class is tested).
@@ -67,9 +67,10 @@ def held_out(labels: np.ndarray, holdout: float | None, where: str) -> tuple[np.
         labels: the examples' labels.
         holdout: the fraction held out (None: ``DEFAULT_HOLDOUT``).
         where: the dataset, for the error message.
+        argument: the setting ``holdout`` came from, for the error message.
 
     Returns:
-        ``(train_indices, test_indices)``, each sorted.
+        ``(kept_indices, held_out_indices)``, each sorted.
 
     Raises:
         DatasetError: the fraction holds out no example, or every example of a class.
@@ -85,10 +86,11 @@ def held_out(labels: np.ndarray, holdout: float | None, where: str) -> tuple[np.
     test = np.sort(np.concatenate(test)).astype(np.int64)
     train = np.setdiff1d(np.arange(len(labels)), test).astype(np.int64)
     if len(test) == 0 or len(train) == 0:
-        raise DatasetError("holdout", f"holdout={fraction} of the {len(labels)} examples of "
-                                      f"{where} leaves no {'test' if not len(test) else 'training'}"
-                                      f" example: change the holdout fraction or give a "
-                                      f"test split")
+        part = "test" if argument == "holdout" else argument
+        raise DatasetError(argument, f"{argument}={fraction} of the {len(labels)} examples of "
+                                     f"{where} leaves no {part if not len(test) else 'training'}"
+                                     f" example: change the {argument} fraction"
+                                     + (" or give a test split" if argument == "holdout" else ""))
     return train, test
 
 
