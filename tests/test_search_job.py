@@ -46,6 +46,20 @@ def test_remat_setting_reaches_its_cells(remat, expected):
     assert SearchConfig.from_json({"channels": 8}).remat == "auto"
 
 
+def test_attention_reduction_ratios_reach_every_edge():
+    from swd_keras.search_cell import SearchCell
+
+    config = SearchConfig(channels=8, layers=2, k=2, ua_reduction=4, la_reduction=2)
+    model = build_search_model(config.validate(), (8, 8, 1), 10, steps_per_epoch=2)
+    edges = [edge for layer in model.supernet.layers if isinstance(layer, SearchCell)
+             for edge in layer.edges]
+    assert len(edges) == 28
+    assert {(edge.upper.reduction, edge.lower.reduction) for edge in edges} == {(4, 2)}
+    assert SearchConfig.from_json({"channels": 8}).ua_reduction == 2  # SPEC's defaults
+    with pytest.raises(ValueError, match="ua_reduction and la_reduction must be at least 1"):
+        SearchConfig(ua_reduction=0)
+
+
 def test_remat_rejects_an_unknown_setting():
     from swd_keras.supernet import build_supernet
 
