@@ -63,6 +63,14 @@ def image_size(value) -> tuple[int, int] | None:
     return tuple(value) if value else None
 
 
+def data_settings(options: dict) -> dict:
+    """The options besides ``--dataset`` as keyword arguments (``data_dir``,
+    ``image_size``, ``test_dir``, ``holdout``) of ``pipeline_config``, the hypermodels and
+    ``run_ablation``."""
+    return {"data_dir": options["data_dir"], "image_size": image_size(options["image_size"]),
+            "test_dir": options["test_dir"], "holdout": options["holdout"]}
+
+
 @contextlib.contextmanager
 def dataset_errors() -> Iterator[None]:
     """Turns a ``DatasetError`` into a click ``BadParameter`` naming its option."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 from swd_keras.cli.commands.tune import TRIAL_RETRAIN_EPOCHS
-from swd_keras.cli.dataset_options import dataset_errors, dataset_options, image_size
+from swd_keras.cli.dataset_options import data_settings, dataset_errors, dataset_options
 from swd_keras.cli.main import BACKENDS, cli, devices_option, select_backend
 from swd_keras.cli.stage_options import stage_options, stage_settings
 
@@ -74,8 +74,7 @@ def ablate(study, seeds, k_values, validation, output, overwrite, chief_timeout,
                 study, options["dataset"], folder, seeds=seeds, search=stages["search"],
                 retrain=stages["retrain"], validation=validation, k_values=k_values,
                 overwrite=overwrite, echo=click.echo, chief_timeout=chief_timeout,
-                data_dir=options["data_dir"], image_size=image_size(options["image_size"]),
-                test_dir=options["test_dir"], holdout=options["holdout"])
+                **data_settings(options))
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     except RuntimeError as error:  # KerasTuner: too many trials failed in a row

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 from swd_keras.cli.commands.export import formats_option
-from swd_keras.cli.dataset_options import dataset_errors, dataset_options, image_size
+from swd_keras.cli.dataset_options import data_settings, dataset_errors, dataset_options
 from swd_keras.cli.main import BACKENDS, cli, devices_option, select_backend
 from swd_keras.cli.stage_options import STAGE_FIELDS, stage_options, stage_settings
 
@@ -74,11 +74,10 @@ def run(ctx: click.Context, resume: Path | None, output: Path | None, backend: s
         try:
             with dataset_errors():
                 config = pipeline_config(
-                    options["dataset"], seed=options["seed"], data_dir=options["data_dir"],
-                    search=stages["search"], retrain=stages["retrain"], name=options["name"],
-                    version=options["version"], image_size=image_size(options["image_size"]),
-                    test_dir=options["test_dir"], holdout=options["holdout"],
-                    formats=options["formats"])
+                    options["dataset"], seed=options["seed"], search=stages["search"],
+                    retrain=stages["retrain"], name=options["name"],
+                    version=options["version"], formats=options["formats"],
+                    **data_settings(options))
         except ValueError as error:
             raise click.UsageError(str(error)) from None
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from swd_keras.cli.dataset_options import dataset_errors, dataset_options, image_size
+from swd_keras.cli.dataset_options import data_settings, dataset_errors, dataset_options
 from swd_keras.cli.main import BACKENDS, cli, devices_option, select_backend
 from swd_keras.cli.stage_options import stage_options, stage_settings
 
@@ -117,8 +117,7 @@ def tune(space_file, ranges, genotype, oracle, max_trials, validation, seed, out
 
     stages = stage_settings(options, devices)
     stages["retrain"].setdefault("epochs", TRIAL_RETRAIN_EPOCHS)
-    data = {"data_dir": options["data_dir"], "image_size": image_size(options["image_size"]),
-            "test_dir": options["test_dir"], "holdout": options["holdout"]}
+    data = data_settings(options)
     try:
         with dataset_errors():
             given = dict(parse_range(text) for text in ranges)

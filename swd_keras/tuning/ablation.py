@@ -121,7 +121,8 @@ def run_ablation(study: str | Sequence[str], dataset, directory: str | Path, *,
                  retrain: Mapping[str, Any] | None = None, validation: float = 0.1,
                  k_values: Sequence[int] = K_VALUES, overwrite: bool = False,
                  echo: Callable[[str], None] = print, verbose: str | int = 0,
-                 chief_timeout: float | None = None, **data) -> AblationResult:
+                 chief_timeout: float = distributed.DEFAULT_CHIEF_TIMEOUT,
+                 **data) -> AblationResult:
     """Runs the studies' grids (or continues them) and writes their report.
 
     Args:
@@ -166,10 +167,9 @@ def run_ablation(study: str | Sequence[str], dataset, directory: str | Path, *,
     for name, hypermodel in hypermodels.items():
         echo(f"== study {name}: {chosen[name].title}, {len(chosen[name].rows)} rows x "
              f"{seeds} seed{'s' * (seeds > 1)}")
-        extra = {} if chief_timeout is None else {"chief_timeout": chief_timeout}
         tuner = SWDTuner(hypermodel, make_oracle("grid", len(chosen[name].rows) * seeds),
                          directory, name, overwrite=overwrite, echo=echo, verbose=verbose,
-                         **extra)
+                         chief_timeout=chief_timeout)
         tuner.search()
         if distributed.is_worker():  # the chief holds the results and writes the report
             return AblationResult({}, {}, None, None, round(time.time() - started, 1))

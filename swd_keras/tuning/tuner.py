@@ -162,9 +162,8 @@ class SWDTuner(keras_tuner.Tuner):
         trials.sort(key=lambda t: (order.get(t.trial_id, len(order)), t.trial_id))
         return [TrialRecord(
             trial.trial_id, str(trial.status), dict(trial.hyperparameters.values),
-            {name: trial.metrics.get_best_value(name)
-             for name in trial.metrics.metrics
-             if trial.metrics.get_best_value(name) is not None},
+            {name: value for name in trial.metrics.metrics
+             if (value := trial.metrics.get_best_value(name)) is not None},
             Path(self.get_trial_dir(trial.trial_id)),
             self._trial_file(trial.trial_id, "genotype"),
             self._trial_file(trial.trial_id, "model")) for trial in trials]

@@ -75,7 +75,6 @@ def stratified_halves(store, indices: np.ndarray, seed: int) -> tuple[ArraySplit
     return ArraySplit(store, indices[first]), ArraySplit(store, indices[second])
 
 
-
 def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation of ``images`` (last axis: channels)."""
     flat = images.reshape(-1, images.shape[-1]).astype(np.float64)
