@@ -7,9 +7,13 @@ paired (search-train, search-validation) batches of random images. Defaults are 
 paper's: C=16, 5 cells, k=4, batch 64 (+64 validation), 32x32x3, 10 classes.
 
 Reported per configuration:
-    images/s      batch size / median step time (one step = validation forward and
-                  attention update + training forward and weight update), over
-                  ``--steps`` steps after ``--warmup`` steps;
+    images/s      batch size / median step time, over ``--steps`` steps after
+                  ``--warmup`` steps; one step of ``--mode bilevel`` is a validation
+                  forward and attention update, then a training forward and weight
+                  update; of ``--mode joint`` a validation forward (edge weights
+                  only), then a training forward and update of all parameters;
+    CPU s/step    the median process CPU seconds per step (all threads), and
+    cores busy    that divided by the step's wall time;
     first step    seconds from the ``fit()`` call to the end of the first step (the
                   backend's tracing, graph optimisation or compilation, and one step);
     start         seconds from the process start to the end of the first step
@@ -37,8 +41,9 @@ from swd_keras.cli.tensorflow_import import import_tensorflow_without_optional_i
 _PROCESS_START = time.perf_counter()
 
 BACKENDS = ("tensorflow", "jax", "torch")
-COLUMNS = ("backend", "method", "jit", "precision", "remat", "cells", "k", "batch", "input", "C",
-           "images/s", "step s", "first step s", "start s", "build s", "peak RSS GB")
+COLUMNS = ("backend", "mode", "method", "jit", "precision", "remat", "cells", "k", "batch",
+           "input", "C", "images/s", "step s", "CPU s/step", "cores busy", "first step s",
+           "start s", "build s", "peak RSS GB")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     jit.add_argument("--no-jit", dest="jit", action="store_const", const=False,
                      help="compile with jit_compile=False")
     parser.set_defaults(jit="auto")
+    parser.add_argument("--mode", nargs="+", default=["bilevel"], choices=["bilevel", "joint"],
+                        help="the search step (swd-keras search --mode)")
     parser.add_argument("--method", nargs="+", default=["swd"], choices=["swd", "darts"])
     parser.add_argument("--cells", nargs="+", type=int, default=[5])
     parser.add_argument("--k", nargs="+", type=int, default=[4])
@@ -80,8 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def configurations(args: argparse.Namespace) -> list[dict]:
     """Every combination of the list-valued options, as child-process settings."""
-    keys = ("backend", "method", "precision", "remat", "cells", "k", "batch_size", "input_size",
-            "channels")
+    keys = ("backend", "mode", "method", "precision", "remat", "cells", "k", "batch_size",
+            "input_size", "channels")
     return [dict(zip(keys, values), jit=args.jit, classes=args.classes, steps=args.steps,
                  warmup=args.warmup)
             for values in itertools.product(*(getattr(args, key) for key in keys))]
@@ -111,7 +118,7 @@ def run_child(config: dict) -> dict:
                               channels=config["channels"], layers=config["cells"],
                               k=config["k"], method=config["method"],
                               rematerialize=config["remat"])
-    model = SWDSearchModel(supernet, method=config["method"])
+    model = SWDSearchModel(supernet, mode=config["mode"], method=config["method"])
     model.compile(jit_compile=config["jit"])
     built = time.perf_counter()
 
@@ -148,10 +155,12 @@ def run_child(config: dict) -> dict:
         def __init__(self):
             super().__init__()
             self.batch_ends: list[float] = []
+            self.cpu_ends: list[float] = []  # the process' CPU seconds, all threads
 
         def on_train_batch_end(self, batch, logs=None):
             float(keras.ops.convert_to_numpy(logs["loss"]))
             self.batch_ends.append(time.perf_counter())
+            self.cpu_ends.append(time.process_time())
 
     timer = StepTimer()
     total_steps = 1 + config["warmup"] + config["steps"]
@@ -160,9 +169,12 @@ def run_child(config: dict) -> dict:
     ends = timer.batch_ends
     steps = np.diff(ends[config["warmup"]:])
     step = float(np.median(steps))
+    cpu_step = float(np.median(np.diff(timer.cpu_ends[config["warmup"]:])))
     return {**config,
             "images_per_s": batch / step,
             "step_s": step,
+            "cpu_s_per_step": cpu_step,
+            "cores_busy": cpu_step / step,
             "step_s_all": [round(float(t), 4) for t in np.diff(ends)],
             "first_step_s": ends[0] - fit_called,
             "start_s": ends[0] - _PROCESS_START,
@@ -192,16 +204,17 @@ def table_rows(results: list[dict]) -> list[tuple[str, ...]]:
     rows = []
     for r in results:
         if "error" in r:
-            rows.append((r["backend"], r["method"], str(r["jit"]), r["precision"],
+            rows.append((r["backend"], r["mode"], r["method"], str(r["jit"]), r["precision"],
                          r["remat"], str(r["cells"]),
                          str(r["k"]), str(r["batch_size"]), str(r["input_size"]),
                          str(r["channels"]), "failed: " + r["error"].splitlines()[-1][:60],
-                         "", "", "", "", ""))
+                         *[""] * 7))
             continue
-        rows.append((r["backend"], r["method"], str(r["jit"]), r["precision"],
+        rows.append((r["backend"], r["mode"], r["method"], str(r["jit"]), r["precision"],
                      r["remat"], str(r["cells"]), str(r["k"]),
                      str(r["batch_size"]), str(r["input_size"]), str(r["channels"]),
                      f"{r['images_per_s']:.1f}", f"{r['step_s']:.2f}",
+                     f"{r['cpu_s_per_step']:.2f}", f"{r['cores_busy']:.2f}",
                      f"{r['first_step_s']:.1f}", f"{r['start_s']:.1f}", f"{r['build_s']:.1f}",
                      f"{r['peak_rss_gb']:.2f}"))
     return rows

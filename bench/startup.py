@@ -25,7 +25,8 @@ TensorFlow's graph optimiser runs as ``model.fit`` sets it (off on a CPU, see
 ``swd_keras/backend/tensorflow/trainer.py``) unless ``--grappler on`` or ``off`` says otherwise;
 ``--grappler on --grappler-off layout_optimizer remapping ...`` switches single passes
 off, to measure what each costs and gains. ``--profile DIR`` runs two more steps under
-the TensorFlow profiler and reports the kernel time per op type.
+the backend's profiler (TensorFlow's, ``torch.profiler``, ``jax.profiler``), writes its
+trace into DIR and reports the kernel time per op type.
 
 Example:
     python bench/startup.py --backend tensorflow --grappler off --json startup.json
@@ -54,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="tensorflow",
                         choices=["tensorflow", "jax", "torch"])
+    parser.add_argument("--mode", default="bilevel", choices=["bilevel", "joint"],
+                        help="the search step (swd-keras search --mode)")
     parser.add_argument("--method", default="swd", choices=["swd", "darts"])
     parser.add_argument("--cells", type=int, default=5)
     parser.add_argument("--k", type=int, default=4)
@@ -73,8 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         metavar="PASS", help=f"TensorFlow: Grappler passes to switch off, "
                                              f"of {', '.join(GRAPPLER_PASSES)}")
     parser.add_argument("--profile", metavar="DIR",
-                        help="TensorFlow: profile two more steps into DIR and report the "
-                             "busiest op types (time summed over the threads)")
+                        help="profile two more steps into DIR and report the busiest op "
+                             "types (time summed over the threads)")
     parser.add_argument("--json", metavar="OUT", help="also write the phases here")
     args = parser.parse_args(argv)
     if min(args.cells, args.k, args.batch_size, args.input_size, args.channels,
@@ -128,7 +131,7 @@ def main(argv=None) -> int:
                                   channels=args.channels, layers=args.cells, k=args.k,
                                   method=args.method,
                                   rematerialize=resolve_remat(args.remat))
-        model = SWDSearchModel(supernet, method=args.method)
+        model = SWDSearchModel(supernet, mode=args.mode, method=args.method)
         model.compile()
         return model
 
@@ -160,8 +163,10 @@ def main(argv=None) -> int:
     phases["rss_after_steps_gb"] = _rss_gb()
     _CPU["step_cpu_s"] = float(np.median(cpu_times))
     phases["first_step_total_s"] = time.perf_counter() - _PROCESS_START - sum(times)
-    if args.profile and args.backend == "tensorflow":
-        phases["profile"] = _tensorflow_profile(step, args.profile)
+    if args.profile:
+        profile = {"tensorflow": _tensorflow_profile, "jax": _jax_profile,
+                   "torch": _torch_profile}[args.backend]
+        phases["profile"] = profile(step, args.profile)
     phases["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     for scope in _OPEN_SCOPES:  # before the interpreter's shutdown unloads TensorFlow
         scope.__exit__(None, None, None)
@@ -205,51 +210,105 @@ def _tensorflow_step(model, data, args, phases):
     return step
 
 
-def _tensorflow_profile(step, logdir: str, steps: int = 2) -> dict:
-    """Runs ``steps`` steps under the TensorFlow profiler and sums the kernel time of
-    each op type (over all threads), split into forward and gradient ops."""
-    import collections
-    import glob
+def _profiled(step, start, stop, steps: int) -> float:
+    """Wall seconds of ``steps`` steps between the profiler's ``start()`` and
+    ``stop()``."""
+    start()
+    began = time.perf_counter()
+    for _ in range(steps):
+        step()
+    wall = time.perf_counter() - began
+    stop()
+    return wall
 
-    import tensorflow as tf
+
+def _xplane_events(logdir: str):
+    """(line name, event name, seconds) of every event in the newest XPlane trace
+    under ``logdir`` (written by TensorFlow's and JAX's profilers)."""
+    import glob
 
     try:
         from tsl.profiler.protobuf import xplane_pb2
     except ImportError:  # older layouts
         from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    tf.profiler.experimental.start(logdir)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    wall = time.perf_counter() - start
-    tf.profiler.experimental.stop()
     space = xplane_pb2.XSpace()
     with open(sorted(glob.glob(f"{logdir}/plugins/profile/*/*.xplane.pb"))[-1], "rb") as f:
         space.ParseFromString(f.read())
-    by_type, by_part, executor = collections.Counter(), collections.Counter(), 0.0
     for plane in space.planes:
-        names = plane.event_metadata
         for line in plane.lines:
-            if not line.name.startswith("tf_Compute"):
-                continue
             for event in line.events:
-                name, seconds = names[event.metadata_id].name, event.duration_ps * 1e-12
-                if name.startswith("ExecutorState::"):  # spans the kernels it runs
-                    executor += seconds
-                    continue
-                if ":" not in name:  # other runtime events
-                    continue
-                node, op_type = name.rsplit(":", 1)
-                by_type[op_type] += seconds
-                part = "gradient" if "gradient" in node.lower() else "forward/update"
-                by_part[part] += seconds
-    per_step = {k: round(v / steps, 3) for k, v in by_type.most_common(20)}
+                yield (line.name, plane.event_metadata[event.metadata_id].name,
+                       event.duration_ps * 1e-12)
+
+
+def _tensorflow_profile(step, logdir: str, steps: int = 2) -> dict:
+    """Runs ``steps`` steps under the TensorFlow profiler and sums the kernel time of
+    each op type (over all threads), split into forward and gradient ops."""
+    import collections
+
+    import tensorflow as tf
+
+    wall = _profiled(step, lambda: tf.profiler.experimental.start(logdir),
+                     tf.profiler.experimental.stop, steps)
+    by_type, by_part, executor = collections.Counter(), collections.Counter(), 0.0
+    for line, name, seconds in _xplane_events(logdir):
+        if not line.startswith("tf_Compute"):
+            continue
+        if name.startswith("ExecutorState::"):  # spans the kernels it runs
+            executor += seconds
+            continue
+        if ":" not in name:  # other runtime events
+            continue
+        node, op_type = name.rsplit(":", 1)
+        by_type[op_type] += seconds
+        by_part["gradient" if "gradient" in node.lower() else "forward/update"] += seconds
+    return {**_profile_summary(wall, by_type, steps, executor_process_s=executor),
+            "by_part_s_per_step": {k: round(v / steps, 3) for k, v in by_part.items()}}
+
+
+def _jax_profile(step, logdir: str, steps: int = 2) -> dict:
+    """Runs ``steps`` steps under ``jax.profiler`` and sums the time of each kind of
+    XLA operation (its HLO name without the number: ``fusion``, ``convolution``, ...)
+    over XLA's threads."""
+    import collections
+    import re
+
+    import jax
+
+    wall = _profiled(step, lambda: jax.profiler.start_trace(logdir), jax.profiler.stop_trace,
+                     steps)
+    by_type = collections.Counter()
+    for line, name, seconds in _xplane_events(logdir):
+        if line.startswith("XLA") or name.startswith("Thunk:"):
+            by_type[re.sub(r"[.\d]+$", "", name.split("#")[0])] += seconds
+    return _profile_summary(wall, by_type, steps)
+
+
+def _profile_summary(wall: float, by_type, steps: int, **extra) -> dict:
+    """Per-step figures of a profile: wall time, summed kernel time, the busiest op
+    types."""
     return {"wall_s_per_step": round(wall / steps, 3),
             "kernel_s_per_step": round(sum(by_type.values()) / steps, 3),
-            "executor_process_s_per_step": round(executor / steps, 3),
-            "by_part_s_per_step": {k: round(v / steps, 3) for k, v in by_part.items()},
-            "top_op_types_s_per_step": per_step}
+            **{k: round(v / steps, 3) for k, v in extra.items()},
+            "top_op_types_s_per_step": {k: round(v / steps, 3)
+                                        for k, v in by_type.most_common(20)}}
+
+
+def _torch_profile(step, logdir: str, steps: int = 2) -> dict:
+    """Runs ``steps`` steps under ``torch.profiler`` (CPU), writes its Chrome trace into
+    ``logdir`` and sums the self time of each aten op (over all threads)."""
+    import collections
+
+    import torch
+
+    os.makedirs(logdir, exist_ok=True)
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+    wall = _profiled(step, prof.start, prof.stop, steps)
+    prof.export_chrome_trace(os.path.join(logdir, "trace.json"))
+    by_type = collections.Counter({event.key: event.self_cpu_time_total * 1e-6
+                                   for event in prof.key_averages()})
+    return _profile_summary(wall, by_type, steps)
 
 
 def _jax_step(model, data, args, phases):

@@ -7,10 +7,11 @@ minutes tracing and optimising before the first step (docs/BENCHMARKS.md).
 ``CandidateOps`` computes the same functions with far fewer, larger operations:
 
 - one ReLU shared by the convolutions and factorized reduce;
-- the first depthwise convolutions of the separable ops as one depthwise convolution
-  with a depth multiplier (the smaller kernels zero-padded to the largest each call),
-  and likewise the dilated ops; at stride 2 the dilated ones run undilated on the
-  input's sampled pixel parity, which is exactly the strided dilated convolution;
+- each depthwise convolution of an op as one convolution over all the edges'
+  channels, at the op's own kernel size (3x3 kernels padded into the 5x5 ones'
+  convolution would multiply zeros: 50 taps per channel where 34 do the work); at
+  stride 2 the dilated ones run undilated on the input's sampled pixel parity, which
+  is exactly the strided dilated convolution;
 - the pointwise convolutions of a stage as one 1x1 convolution with a block-diagonal
   kernel assembled each call from the per-op kernels;
 - the BatchNorms of a stage as one BatchNorm over their concatenated channels (the
@@ -33,8 +34,8 @@ parameter counts); only the BatchNorms' moving statistics are stored concatenate
 pair of vectors per fused BatchNorm. The ``none`` operation is not computed: its output
 is the constant zero, which callers add where they need it.
 
-On backends with their own kernels (``swd_keras/backend/<name>/kernels.py``: JAX's)
-the depthwise convolutions and max pools use those, picked once at import.
+On backends with their own kernels (``swd_keras/backend/<name>/kernels.py``: JAX's and
+PyTorch's) the convolutions and pools use those, picked once at import.
 """
 
 from __future__ import annotations
@@ -75,15 +76,6 @@ def _real_pixel_scale(h: int, w: int, window: int, strides: int) -> np.ndarray:
     return (window * window / np.outer(*counts))[None, :, :, None].astype("float32")
 
 
-def _embed(kernel, size: int):
-    """Zero-pads a (k, k, ...) depthwise kernel to (size, size, ...), centred; the
-    padded taps multiply by zero, so the convolution is unchanged."""
-    pad = (size - kernel.shape[0]) // 2
-    if pad == 0:
-        return kernel
-    return ops.pad(kernel, ((pad, pad), (pad, pad), (0, 0), (0, 0)))
-
-
 def _keras_depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1):
     return ops.depthwise_conv(x, kernel, strides=strides, padding="same",
                               dilation_rate=dilation_rate)
@@ -91,6 +83,14 @@ def _keras_depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1):
 
 def _keras_max_pool(x, size: int, strides: int):
     return ops.max_pool(x, size, strides, padding="same")
+
+
+def _keras_pointwise_conv(x, kernel):
+    return ops.conv(x, kernel, padding="valid")
+
+
+def _keras_average_pool(x, size: int, strides: int):
+    return ops.average_pool(x, size, strides, padding="valid")
 
 
 _KERNELS = backend.module("kernels")
@@ -103,6 +103,14 @@ running backend's kernel where it has one (``swd_keras/backend/jax/kernels.py``)
 max_pool = getattr(_KERNELS, "max_pool", _keras_max_pool)
 """``max_pool(x, size, strides)``: ``ops.max_pool(x, size, strides, padding="same")``,
 channels last, by the running backend's kernel where it has one."""
+
+pointwise_conv = getattr(_KERNELS, "pointwise_conv", _keras_pointwise_conv)
+"""``pointwise_conv(x, kernel)``: ``ops.conv(x, kernel, padding="valid")`` for a
+(1, 1, c, c') kernel, channels last, by the running backend's kernel where it has one."""
+
+average_pool = getattr(_KERNELS, "average_pool", _keras_average_pool)
+"""``average_pool(x, size, strides)``: ``ops.average_pool(x, size, strides,
+padding="valid")``, channels last, by the running backend's kernel where it has one."""
 
 
 def _concat(tensors: list, axis: int = -1):
@@ -357,8 +365,8 @@ def compute_candidates(candidate_layers: Sequence[CandidateOps], x, training=Non
 class _Fused:
     """The computation of ``compute_candidates`` for one list of layers.
 
-    Channel orders: the input is edge-major (e, i); op outputs are op-major (op, e, j);
-    a depthwise convolution with depth multiplier G over the input gives (e, i, g).
+    Channel orders: the input is edge-major (e, i); op outputs and the convolutions'
+    intermediate results are op-major (g, e, i).
     """
 
     def __init__(self, candidate_layers, training):
@@ -422,7 +430,7 @@ class _Fused:
         if kind == "max_pool":
             return max_pool(x, size, s)
         padding = ((0, 0), same_padding(h, size, s), same_padding(w, size, s), (0, 0))
-        pooled = ops.average_pool(ops.pad(x, padding), size, s, padding="valid")
+        pooled = average_pool(ops.pad(x, padding), size, s)
         scale = _real_pixel_scale(h, w, size, s)
         return pooled * ops.convert_to_tensor(scale, dtype=pooled.dtype)
 
@@ -433,11 +441,15 @@ class _Fused:
 
     # -- the convolutions -----------------------------------------------------------
 
-    def _depthwise_kernel(self, names, part, size):
-        """(size, size, E * c, G): multiplier g of channel (e, i) is op ``names[g]``'s
-        filter of channel i in layer e."""
-        per_op = [_embed(_concat(self.weights(n, part), axis=2), size) for n in names]
-        return _concat(per_op, axis=3)
+    def _depthwise_convs(self, x, names, part, strides=1, dilation_rate=1, per_op=False):
+        """Op ``names[g]``'s depthwise convolution of every layer, each at its own kernel
+        size, channels (g, e, i): of ``x``'s (e, i) channels for every op, or, with
+        ``per_op``, of the channels (g, e, i) of ``x`` for op g."""
+        count = len(names)
+        inputs = ops.split(x, count, axis=-1) if per_op and count > 1 else [x] * count
+        return _concat([depthwise_conv(y, _concat(self.weights(name, part), axis=2),
+                                       strides=strides, dilation_rate=dilation_rate)
+                        for y, name in zip(inputs, names)])
 
     def _pointwise(self, y, names, part, rows, cols):
         """Applies op ``names[g]``'s pointwise kernel of layer e to channel group (e, g);
@@ -450,8 +462,7 @@ class _Fused:
         blocks = _stack([layer._weights[n][part] for layer in self.layers for n in names])
         count, c, c_out = blocks.shape
         if count * c <= _BLOCK_DIAGONAL_MAX_CHANNELS:
-            return ops.conv(y, _block_kernel(blocks, self.edges, rows, cols),
-                            padding="valid")
+            return pointwise_conv(y, _block_kernel(blocks, self.edges, rows, cols))
         b, h, w = y.shape[:3]
         sizes = {"e": self.edges, "g": count // self.edges, "i": c}
         grouped = ops.reshape(y, (-1,) + tuple(sizes[x] for x in rows))  # (N, *rows)
@@ -464,36 +475,27 @@ class _Fused:
 
     def _sep_convs(self, relu):
         """The separable convolutions, channels (op, e, j)."""
-        names, c, edges = self.first._sep, self.c, self.edges
-        size = max(self.first._sizes[n] for n in names)
-        y = depthwise_conv(relu, self._depthwise_kernel(names, "first_depthwise", size),
-                           strides=self.s)
-        y = self._pointwise(y, names, "first_pointwise", "eig", "egj")
+        names = self.first._sep
+        y = self._depthwise_convs(relu, names, "first_depthwise", strides=self.s)
+        y = self._pointwise(y, names, "first_pointwise", "gei", "gej")
         y = self._batch_norm(y, [(layer.sep_bn_moving_mean, layer.sep_bn_moving_variance)
-                                 for layer in self.layers], op_major=False,
+                                 for layer in self.layers], op_major=True,
                              affine=[(n, "first_") for n in names])
-        # The second depthwise kernels in the (e, g, i) order the channels now have.
-        kernel = self._depthwise_kernel(names, "second_depthwise", size)
-        if len(names) > 1:
-            kernel = ops.reshape(ops.transpose(
-                ops.reshape(kernel, (size, size, edges, c, len(names))), (0, 1, 2, 4, 3)),
-                (size, size, edges * len(names) * c, 1))
-        y = depthwise_conv(ops.relu(y), kernel)
-        return self._pointwise(y, names, "second_pointwise", "egi", "gej")
+        y = self._depthwise_convs(ops.relu(y), names, "second_depthwise", per_op=True)
+        return self._pointwise(y, names, "second_pointwise", "gei", "gej")
 
     def _dil_convs(self, relu, h, w):
         """The dilated convolutions, channels (op, e, j)."""
         names = self.first._dil
-        size = max(self.first._sizes[n] for n in names)
-        kernel = self._depthwise_kernel(names, "depthwise", size)
         if self.s == 1:
-            y = depthwise_conv(relu, kernel, dilation_rate=_DILATION)
+            y = self._depthwise_convs(relu, names, "depthwise", dilation_rate=_DILATION)
         else:
             # A stride-2 "same" convolution with dilation 2 reads only the pixels of one
             # parity (odd for even sizes, even for odd ones): it is the undilated
             # stride-1 convolution of those pixels.
-            y = depthwise_conv(relu[:, 1 - h % 2::2, 1 - w % 2::2, :], kernel)
-        return self._pointwise(y, names, "pointwise", "eig", "gej")
+            y = self._depthwise_convs(relu[:, 1 - h % 2::2, 1 - w % 2::2, :], names,
+                                      "depthwise")
+        return self._pointwise(y, names, "pointwise", "gei", "gej")
 
     def _factorized_reduce(self, relu, h, w):
         """DARTS' factorized reduce, channels (e, j): 1x1 convolutions of the even
@@ -512,8 +514,7 @@ class _Fused:
                                   ((0, 0), (0, 0), (0, 0), (before, after))))
         kernel = ops.reshape(ops.concatenate(halves, axis=0),
                              (1, 1, 2 * self.edges * c, self.edges * c))
-        return ops.conv(ops.concatenate([relu[:, ::2, ::2, :], odd], axis=-1), kernel,
-                        padding="valid")
+        return pointwise_conv(ops.concatenate([relu[:, ::2, ::2, :], odd], axis=-1), kernel)
 
     # -- the BatchNorms -------------------------------------------------------------
 

@@ -35,7 +35,7 @@ def test_search_step_reports_a_row_per_configuration(tmp_path):
     assert len(lines) == 2 + 4  # header, separator, one row per method and remat
     # auto is reported as resolved: no recomputation on PyTorch.
     expected = [("swd", "none"), ("swd", "all"), ("darts", "none"), ("darts", "all")]
-    assert [(row.split("|")[2].strip(), row.split("|")[5].strip())
+    assert [(row.split("|")[3].strip(), row.split("|")[6].strip())
             for row in lines[2:]] == expected
     results = json.loads(out.read_text())["results"]
     assert [(r["method"], r["remat"]) for r in results] == expected
@@ -44,6 +44,33 @@ def test_search_step_reports_a_row_per_configuration(tmp_path):
         assert r["images_per_s"] == pytest.approx(2 / r["step_s"])
         assert 0 < r["first_step_s"] < r["start_s"]
         assert r["peak_rss_gb"] > 0 and r["build_s"] > 0
+
+
+def test_search_step_runs_both_modes_and_reports_cpu_seconds(tmp_path):
+    out = tmp_path / "modes.json"
+    result = run("search_step.py", "--backend", "torch", "--mode", "bilevel", "joint", *TINY,
+                 "--steps", "2", "--warmup", "0", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("|")]
+    assert [row[2].strip() for row in rows[2:]] == ["bilevel", "joint"]
+    results = json.loads(out.read_text())["results"]
+    assert [r["mode"] for r in results] == ["bilevel", "joint"]
+    for r in results:
+        assert r["cpu_s_per_step"] > 0
+        assert r["cores_busy"] == pytest.approx(r["cpu_s_per_step"] / r["step_s"])
+
+
+@pytest.mark.parametrize("backend,op_prefix", [("torch", "aten::"), ("jax", "")])
+def test_startup_profiles_the_step(tmp_path, backend, op_prefix):
+    out, logdir = tmp_path / "startup.json", tmp_path / "profile"
+    result = run("startup.py", "--backend", backend, "--mode", "joint", *TINY, "--steps", "1",
+                 "--profile", str(logdir), "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    profile = json.loads(out.read_text())["profile"]
+    top = profile["top_op_types_s_per_step"]
+    assert top and all(name.startswith(op_prefix) for name in top)
+    assert 0 < sum(top.values()) <= profile["kernel_s_per_step"] + 1e-3  # the top 20
+    assert profile["wall_s_per_step"] > 0 and any(logdir.rglob("*"))
 
 
 def test_startup_reports_phases(tmp_path):
