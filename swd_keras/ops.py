@@ -292,10 +292,11 @@ class FactorizedReduce(_Composite):
         if filters < 2:
             raise ValueError(f"FactorizedReduce needs filters >= 2, got filters={filters}.")
         self.filters, self.affine = filters, affine
-        self.conv_1 = layers.Conv2D(filters // 2, 1, strides=2, padding="same",
-                                    use_bias=False, name="conv_1")
-        self.conv_2 = layers.Conv2D(filters - filters // 2, 1, strides=2, padding="same",
-                                    use_bias=False, name="conv_2")
+        # Applied to the stride-2 grid's pixels: a 1x1 convolution at stride 2 is the
+        # 1x1 convolution of those pixels, and PyTorch's weight gradient of the strided
+        # one came out wrong, at random, on an AMD EPYC CPU (docs/BENCHMARKS.md).
+        self.conv_1 = layers.Conv2D(filters // 2, 1, use_bias=False, name="conv_1")
+        self.conv_2 = layers.Conv2D(filters - filters // 2, 1, use_bias=False, name="conv_2")
         self.bn = make_batch_norm(affine, name="bn")
 
     def build(self, input_shape):
@@ -313,7 +314,8 @@ class FactorizedReduce(_Composite):
         # Shift by one pixel; the zero row/column added at the end is never sampled by
         # the stride-2 grid for even sizes, and keeps both halves aligned for odd ones.
         shifted = ops.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
-        y = ops.concatenate([self.conv_1(x), self.conv_2(shifted)], axis=-1)
+        y = ops.concatenate([self.conv_1(x[:, ::2, ::2, :]),
+                             self.conv_2(shifted[:, ::2, ::2, :])], axis=-1)
         return self.bn(y, training=training)
 
     def get_config(self):
