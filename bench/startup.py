@@ -280,8 +280,9 @@ def _jax_profile(step, logdir: str, steps: int = 2) -> dict:
                      steps)
     by_type = collections.Counter()
     for line, name, seconds in _xplane_events(logdir):
-        # XLA's CPU threads; their executor's spans contain the operations they run.
-        if line.startswith("tf_XLA") and not name.startswith("ThunkExecutor"):
+        # XLA's CPU threads; runtime events (the executor's spans, which contain the
+        # operations, and thread-pool waits) are named Class::method.
+        if line.startswith("tf_XLA") and "::" not in name:
             by_type[re.sub(r"[.\d]+$", "", name)] += seconds
     return _profile_summary(wall, by_type, steps)
 
