@@ -263,7 +263,7 @@ def _tensorflow_profile(step, logdir: str, steps: int = 2) -> dict:
         node, op_type = name.rsplit(":", 1)
         by_type[op_type] += seconds
         by_part["gradient" if "gradient" in node.lower() else "forward/update"] += seconds
-    return {**_profile_summary(wall, by_type, steps, executor_process_s=executor),
+    return {**_profile_summary(wall, by_type, steps, executor_process_s_per_step=executor),
             "by_part_s_per_step": {k: round(v / steps, 3) for k, v in by_part.items()}}
 
 

@@ -131,8 +131,8 @@ def _block_kernel(blocks, edges: int, rows: str, cols: str):
     (E * G, r, c), block (e, g) = ``blocks[e * G + g]``, on its block diagonal.
 
     ``rows`` and ``cols`` order the kernel's rows and columns by the letters ``e``
-    (edge), ``g`` (op) and ``i`` (row) or ``j`` (column): e.g. rows ``"eig"`` for a
-    depth multiplier's channel order, columns ``"gej"`` for op-major output.
+    (edge), ``g`` (op) and ``i`` (row) or ``j`` (column): e.g. rows ``"egi"`` for
+    edge-major input, columns ``"gej"`` for op-major output.
     """
     count, r, c = blocks.shape
     groups = count // edges
