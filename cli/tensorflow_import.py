@@ -16,12 +16,13 @@ The commands also keep TensorFlow's start-up logging out of their output
 carry their own copy of absl logging (``_pywrap_tensorflow_internal`` through the CPU
 feature guard, then ``_pywrap_profiler_plugin``), and each writes ``WARNING: All log
 messages before absl::InitializeLog() ...``, ``I0000 ... oneDNN custom operations are
-on`` and ``I0000 ... cudart_stub.cc ... Could not find cuda drivers`` to file
-descriptor 2 before any log level is read: ``TF_CPP_MIN_LOG_LEVEL`` cannot silence them
-(``ABSL_MIN_LOG_LEVEL`` and ``GLOG_minloglevel`` do not either), only a redirect of the
-descriptor can. The first device query then logs ``E0000 ... failed call to cuInit`` on
-a machine without a GPU; that one does honour ``TF_CPP_MIN_LOG_LEVEL``, but only at 3,
-which would hide TensorFlow's real errors too, so it is redirected as well.
+on`` (on CPUs where TensorFlow enables oneDNN) and ``I0000 ... cudart_stub.cc ... Could
+not find cuda drivers`` to file descriptor 2 before any log level is read:
+``TF_CPP_MIN_LOG_LEVEL`` cannot silence them (``ABSL_MIN_LOG_LEVEL`` and
+``GLOG_minloglevel`` do not either), only a redirect of the descriptor can. The first
+device query then logs ``E0000 ... failed call to cuInit`` on a machine without a GPU;
+that one does honour ``TF_CPP_MIN_LOG_LEVEL``, but only at 3, which would hide
+TensorFlow's real errors too, so it is redirected as well.
 """
 
 from __future__ import annotations

@@ -22,6 +22,13 @@ if os.environ["KERAS_BACKEND"] == "jax":
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# LLVM's expensive optimisation passes take a sixth of a compile-bound test's time and
+# change none of the tests' values (a lower backend optimisation level does:
+# docs/DESIGN.md, "Tests"). Every XLA program of the run goes without them, the JAX
+# subprocesses of the TensorFlow run included.
+_FAST_COMPILE = "--xla_llvm_disable_expensive_passes=true"
+if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

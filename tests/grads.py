@@ -78,7 +78,7 @@ def input_gradient(fn, x):
     elif backend == "jax":
         import jax
 
-        grad = jax.grad(fn)(x)
+        grad = jax.jit(jax.grad(fn))(x)  # compiled, as in layer_gradients
     elif backend == "torch":
         import torch
 

@@ -10,8 +10,8 @@ process::
 The last line printed is ``RESULT {json}``: the genotype (search) or the results
 (train). A process that is not the chief may write no file at all: every atomic write
 and every picture raises in it. ``--exit-after-epoch-1`` ends the process once epoch 1's
-checkpoint is written, as a kill then would. ``two-devices`` runs every two-device case
-in one process; each run's folder is copied as it stands after epoch 1 (what a kill then
+checkpoint is written, as a kill then would. ``two-devices`` retrains on two devices of
+one process; the run's folder is copied as it stands after epoch 1 (what a kill then
 leaves behind) and the copy resumed, so it must end where the unbroken run ends.
 """
 
@@ -84,15 +84,12 @@ def _after_epoch_1(run_dir: Path, snapshot: Path | None, exit_now: bool) -> None
 
 
 def two_devices(out: Path) -> dict:
-    """Every two-device case in one process: a search and a retraining, each unbroken
-    (``NAME``) and resumed from its epoch-1 copy (``NAME-resumed``). Joint mode's step on
-    two replicas is checked against one device in tests/test_replicas.py; resuming does
-    not depend on the mode."""
-    results = {}
-    for name, job in (("bilevel", search), ("train", train)):
-        job(out / name, snapshot=out / f"{name}-resumed")
-        results[name] = job(out / f"{name}-resumed", resume=True)
-    return results
+    """A retraining on the two devices of one process, unbroken (``train``) and resumed
+    from its epoch-1 copy (``train-resumed``). A search resumed on several replicas is
+    the two-worker test's (the same mirrored variables and checkpoint), and the search
+    step on two replicas is checked against one device in tests/test_replicas.py."""
+    train(out / "train", snapshot=out / "train-resumed")
+    return train(out / "train-resumed", resume=True)
 
 
 def main(argv: list[str]) -> None:

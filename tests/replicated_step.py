@@ -49,7 +49,9 @@ from swd_keras.supernet import build_supernet  # noqa: E402
 
 GLOBAL_BATCH = 8
 # One op of each kind of BatchNorm: a sep_conv's (from its output), a pool's, the
-# stride-2 skip_connect's (factorized reduce); and none.
+# stride-2 skip_connect's (factorized reduce); and none. One cell (a reduction cell, so
+# the factorized reduce is in it): the replicas' reductions do not depend on the cell
+# count, and tracing the step on two replicas grows with it.
 PRIMITIVES = ("sep_conv_3x3", "skip_connect", "max_pool_3x3", "none")
 # Small enough that every step clips, so clipping each replica's share of the
 # gradient (Keras' own) instead of the whole step's would show.
@@ -59,7 +61,7 @@ to_np = keras.ops.convert_to_numpy
 
 def make_model(mode: str, rematerialize: bool) -> SWDSearchModel:
     keras.utils.set_random_seed(0)
-    net = build_supernet((8, 8, 3), 10, channels=4, layers=2, k=2, primitives=PRIMITIVES,
+    net = build_supernet((8, 8, 3), 10, channels=4, layers=1, k=2, primitives=PRIMITIVES,
                          rematerialize=rematerialize)
     model = SWDSearchModel(net, mode=mode)
     model.compile(

@@ -28,13 +28,13 @@ def run(script, *args, timeout=600):
 def test_search_step_reports_a_row_per_configuration(tmp_path):
     out = tmp_path / "steps.json"
     result = run("search_step.py", "--backend", "torch", "--method", "swd", "darts",
-                 "--remat", "auto", "all", *TINY, "--steps", "2", "--warmup", "0",
+                 "--remat", "auto", *TINY, "--steps", "2", "--warmup", "0",
                  "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
-    assert len(lines) == 2 + 4  # header, separator, one row per method and remat
+    assert len(lines) == 2 + 2  # header, separator, one row per method
     # auto is reported as resolved: no recomputation on PyTorch.
-    expected = [("swd", "none"), ("swd", "all"), ("darts", "none"), ("darts", "all")]
+    expected = [("swd", "none"), ("darts", "none")]
     assert [(row.split("|")[3].strip(), row.split("|")[6].strip())
             for row in lines[2:]] == expected
     results = json.loads(out.read_text())["results"]
@@ -48,13 +48,14 @@ def test_search_step_reports_a_row_per_configuration(tmp_path):
 
 def test_search_step_runs_both_modes_and_reports_cpu_seconds(tmp_path):
     out = tmp_path / "modes.json"
-    result = run("search_step.py", "--backend", "torch", "--mode", "bilevel", "joint", *TINY,
-                 "--steps", "2", "--warmup", "0", "--json", str(out))
+    result = run("search_step.py", "--backend", "torch", "--mode", "bilevel", "joint",
+                 "--remat", "all", *TINY, "--steps", "2", "--warmup", "0", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("|")]
-    assert [row[2].strip() for row in rows[2:]] == ["bilevel", "joint"]
+    assert [(row[2].strip(), row[6].strip()) for row in rows[2:]] == [("bilevel", "all"),
+                                                                       ("joint", "all")]
     results = json.loads(out.read_text())["results"]
-    assert [r["mode"] for r in results] == ["bilevel", "joint"]
+    assert [(r["mode"], r["remat"]) for r in results] == [("bilevel", "all"), ("joint", "all")]
     for r in results:
         assert r["cpu_s_per_step"] > 0
         assert r["cores_busy"] == pytest.approx(r["cpu_s_per_step"] / r["step_s"])

@@ -13,7 +13,7 @@ from swd_keras.network import build_network, inference_model
 from swd_keras.training import save_model
 
 TINY = ["--dataset", "digits", "--epochs", "1", "--batch-size", "32", "--channels", "4",
-        "--layers", "5", "--limit", "64"]
+        "--layers", "3", "--limit", "64"]
 
 
 def _run(*args):
@@ -39,7 +39,8 @@ def test_genotype_file_with_wrong_cell_count_for_layers(tmp_path):
     normal = CellGenotype("normal", (("sep_conv_3x3", 0), ("skip_connect", 1)) * 4)
     reduce = CellGenotype("reduce", (("max_pool_3x3", 0), ("max_pool_3x3", 1)) * 4)
     path = Genotype((normal, reduce, normal)).save(tmp_path / "three.json")
-    result = _run("train", "--genotype", path, *TINY, "--output", tmp_path / "run")
+    result = _run("train", "--genotype", path, *TINY, "--layers", "5",
+                  "--output", tmp_path / "run")
     assert result.exit_code == 2
     line = _error_line(result)
     assert "3 cells" in line and "layers=5" in line
@@ -82,7 +83,7 @@ def test_export_target_that_exists_needs_overwrite(tmp_path):
 @pytest.mark.slow
 def test_train_evaluate_export_on_digits(tmp_path):
     run = tmp_path / "run"
-    result = _run("train", "--genotype", "swd_nas_paper", *TINY, "--output", run)
+    result = _run("train", "--genotype", "darts_v2", *TINY, "--output", run)
     assert result.exit_code == 0, result.output
     results = json.loads((run / "results.json").read_text())
     assert f"test top-1 accuracy: {100 * results['test_top1']:.2f}%" in result.output

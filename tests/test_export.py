@@ -29,7 +29,7 @@ np.savez(sys.argv[3], **{k: v.numpy() for k, v in out.items()})
 
 
 def _network():
-    model = build_network("darts_v2", (16, 16, 3), 6, channels=4, layers=5)
+    model = build_network("darts_v2", (16, 16, 3), 6, channels=4, layers=3)
     model(np.random.rand(4, 16, 16, 3).astype("float32"), training=True)  # move BN stats
     return inference_model(model)
 
@@ -68,8 +68,8 @@ def test_export_serves_raw_uint8_images_like_the_keras_model(tmp_path):
 
 def test_export_from_a_run_reads_its_normalisation_and_refuses_to_overwrite(tmp_path, capsys):
     run = tmp_path / "my_run"
-    model = build_network("darts_v2", (8, 8, 1), 10, channels=4, layers=5, auxiliary=False)
-    start_run(run, "retrain", RetrainConfig("darts_v2", "digits", channels=4, layers=5),
+    model = build_network("darts_v2", (8, 8, 1), 10, channels=4, layers=3, auxiliary=False)
+    start_run(run, "retrain", RetrainConfig("darts_v2", "digits", channels=4, layers=3),
               genotype={}, preprocessing={"mean": [0.3], "std": [0.2], "pixel_max": 16.0})
     save_model(model, run / "model.keras")
     out = tmp_path / "savedmodels"

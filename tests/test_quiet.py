@@ -77,6 +77,8 @@ def test_verbose_lets_tensorflow_logging_through_and_errors_always_show(tmp_path
     if shown:
         lines = noise(result)
         assert any("absl::InitializeLog" in line for line in lines), result.stderr
-        assert any(line.startswith("I0000") and "oneDNN" in line for line in lines)
+        # An info-level line (oneDNN's where TensorFlow enables it on this CPU, else the
+        # CUDA stub's): the held-back level gets through, not only warnings.
+        assert any(line.startswith("I0000") for line in lines), result.stderr
     else:
         assert noise(result) == []

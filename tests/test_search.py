@@ -15,8 +15,11 @@ SMALL_OPS = ("sep_conv_3x3", "skip_connect", "max_pool_3x3", "none")
 LR, WD, CLIP, MOMENTUM = 0.1, 0.05, 0.5, 0.9
 
 
-def tiny_model(mode="bilevel", method="swd", rematerialize=False):
-    net = build_supernet((8, 8, 1), 5, channels=4, layers=2, k=2, method=method,
+def tiny_model(mode="bilevel", method="swd", rematerialize=False, layers=1):
+    """A compiled search model of ``layers`` cells; one by default (a reduction cell): the
+    step's algorithm does not depend on the cell count, and tracing and compiling it
+    grow with it."""
+    net = build_supernet((8, 8, 1), 5, channels=4, layers=layers, k=2, method=method,
                          primitives=SMALL_OPS, rematerialize=rematerialize)
     model = SWDSearchModel(net, mode=mode, method=method)
     model.compile(
@@ -163,7 +166,7 @@ def test_evaluate_reports_loss_and_accuracy(bilevel_model):
 
 
 def test_darts_method_gives_a_two_cell_genotype():
-    model = tiny_model(method="darts")
+    model = tiny_model(method="darts", layers=2)
     _, _, data = batches()
     model.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
     genotype = model.genotype()

@@ -170,8 +170,8 @@ def test_retrain_config_validates():
 
 # --------------------------------------------------------------------------- fit_network
 
-TINY = dict(genotype="swd_nas_paper", dataset="digits", epochs=2, batch_size=32, channels=4,
-            layers=5, limit=64, drop_path=0.3)
+TINY = dict(genotype="darts_v2", dataset="digits", epochs=2, batch_size=32, channels=4,
+            layers=3, limit=64, drop_path=0.3)
 
 
 class _PoisonAfterFirstEpoch(keras.callbacks.Callback):
@@ -231,7 +231,8 @@ def test_fit_network_rejects_bad_input_before_writing(tmp_path):
     with pytest.raises(ValueError, match="unknown genotype"):
         fit_network(tmp_path / "a", RetrainConfig(**{**TINY, "genotype": "nope"}))
     with pytest.raises(ValueError, match=r"5 cells .*layers=4"):
-        fit_network(tmp_path / "b", RetrainConfig(**{**TINY, "layers": 4}))
+        fit_network(tmp_path / "b",
+                    RetrainConfig(**{**TINY, "genotype": "swd_nas_paper", "layers": 4}))
     with pytest.raises(ValueError, match="not a retraining run folder"):
         fit_network(tmp_path / "c", resume=True)
     assert not any(tmp_path.iterdir())
