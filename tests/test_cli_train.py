@@ -13,7 +13,7 @@ from swd_keras.network import build_network, inference_model
 from swd_keras.training import save_model
 
 TINY = ["--dataset", "digits", "--epochs", "1", "--batch-size", "32", "--channels", "4",
-        "--layers", "3", "--limit", "64"]
+        "--limit", "64"]
 
 
 def _run(*args):
@@ -83,7 +83,7 @@ def test_export_target_that_exists_needs_overwrite(tmp_path):
 @pytest.mark.slow
 def test_train_evaluate_export_on_digits(tmp_path):
     run = tmp_path / "run"
-    result = _run("train", "--genotype", "darts_v2", *TINY, "--output", run)
+    result = _run("train", "--genotype", "darts_v2", *TINY, "--layers", "3", "--output", run)
     assert result.exit_code == 0, result.output
     results = json.loads((run / "results.json").read_text())
     assert f"test top-1 accuracy: {100 * results['test_top1']:.2f}%" in result.output
