@@ -8,7 +8,11 @@ from collections.abc import Callable
 import keras
 from keras import ops
 
-from swd_keras import replicas
+from swd_keras import backend, replicas
+
+# The running backend's fused momentum step (``backend/<name>/sgd.py``), or None:
+# then ``TorchSGD.update_step`` writes it with ``keras.ops``.
+_FUSED_SGD = backend.module("sgd")
 
 
 @keras.saving.register_keras_serializable(package="swd_keras")
@@ -83,10 +87,15 @@ class TorchSGD(keras.optimizers.Optimizer):
         the step, and Keras calls this only for the variables that have a gradient."""
         buffer = self.momentum_buffers[self._get_variable_index(variable)]
         gradient = ops.cast(gradient, variable.dtype)
+        if _FUSED_SGD is not None:
+            _FUSED_SGD.momentum_step(variable, buffer, gradient, learning_rate, self.momentum,
+                                     self.l2)
+            return
         if self.l2:
             gradient = gradient + self.l2 * variable
-        self.assign(buffer, self.momentum * buffer + gradient)
-        self.assign_sub(variable, ops.cast(learning_rate, variable.dtype) * buffer)
+        step = self.momentum * buffer + gradient
+        self.assign(buffer, step)
+        self.assign_sub(variable, ops.cast(learning_rate, variable.dtype) * step)
 
     def get_config(self):
         config = super().get_config()

@@ -85,6 +85,45 @@ def test_torch_sgd_leaves_variables_without_gradient_alone():
                                    atol=1e-6)
 
 
+def test_torch_sgd_fused_tensorflow_step_is_the_keras_ops_step(monkeypatch):
+    # On TensorFlow, TorchSGD's update is one ResourceApplyMomentum per variable
+    # (backend/tensorflow/sgd.py); it must be the keras.ops update up to the rounding
+    # of a fused multiply-add (1 ulp per step).
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the fused momentum step is TensorFlow's")
+    import tensorflow as tf
+
+    from swd_keras import optimizers
+
+    rng = np.random.default_rng(2)
+    initial = [rng.normal(size=shape).astype("float32") for shape in ((3, 3, 4, 1), (7,))]
+    gradients = [[rng.normal(size=w.shape).astype("float32") * 4 for w in initial]
+                 for _ in range(3)]
+
+    def run(fused, jit_compile=False):
+        monkeypatch.setattr(optimizers, "_FUSED_SGD", fused)
+        variables = [keras.Variable(w) for w in initial]
+        optimizer = make_optimizer(0.1, epochs=2, steps_per_epoch=2, weight_decay=0.01,
+                                   grad_clip=5.0)
+        optimizer.build(variables)
+        step = tf.function(lambda grads: optimizer.apply(grads, variables),
+                           jit_compile=jit_compile)
+        graph = step.get_concrete_function([tf.constant(g) for g in gradients[0]]).graph
+        kinds = {op.type for op in graph.get_operations()}
+        for step_gradients in gradients:
+            step([tf.constant(g) for g in step_gradients])
+        return [keras.ops.convert_to_numpy(v) for v in variables], kinds
+
+    fused, fused_kinds = run(optimizers._FUSED_SGD)
+    plain, plain_kinds = run(None)
+    compiled, _ = run(optimizers._FUSED_SGD, jit_compile=True)  # XLA: fit(jit_compile=True)
+    assert "ResourceApplyMomentum" in fused_kinds - plain_kinds
+    for got, want, xla in zip(fused, plain, compiled):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(xla, want, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(plain[0], initial[0])
+
+
 def test_make_optimizer_config_round_trip_keeps_coupled_decay():
     optimizer = make_optimizer(0.025, epochs=10, steps_per_epoch=5, weight_decay=3e-4,
                                grad_clip=5.0)
