@@ -16,7 +16,9 @@ minutes tracing and optimising before the first step (docs/BENCHMARKS.md).
   kernel assembled each call from the per-op kernels;
 - the BatchNorms of a stage as one BatchNorm over their concatenated channels (the
   statistics are per channel, so ``BN(concat) == concat(BN)``); every op's final
-  BatchNorm, the pools' included, is one BatchNorm over the edge's features;
+  BatchNorm, the pools' included, is one BatchNorm over the edge's features; the
+  statistics, and a whole BatchNorm whose output is not kept, by the backend's fused
+  kernels (``swd_keras.normalization``);
 - the average pool's divisor (the count of real pixels) as a constant.
 
 Which of these forms computes a primitive is part of its registration
@@ -48,7 +50,7 @@ import numpy as np
 from keras import layers, ops
 
 from swd_keras import backend, replicas
-from swd_keras.normalization import normalize_from_output
+from swd_keras.normalization import batch_normalize, batch_statistics, normalize_from_output
 from swd_keras.ops import (
     _BN_EPSILON,
     _BN_MOMENTUM,
@@ -532,6 +534,11 @@ class _Fused:
         ``output_kept``: the caller keeps the result for its own gradient; then, in
         training without affine BatchNorms, the gradient is computed from the result
         (``normalization.normalize_from_output``) and ``x`` is not kept.
+
+        In training the batch statistics are the backend's one-kernel ones
+        (``normalization.batch_statistics``); a BatchNorm with neither kept output nor
+        passthrough channels (the separable ops' first) is the backend's fused batch
+        norm with its own gradient (``normalization.batch_normalize``).
         """
         dtype = x.dtype
         x = ops.cast(x, keras.backend.result_type(dtype, "float32"))
@@ -547,10 +554,26 @@ class _Fused:
             return joined
 
         from_output = output_kept and self.training and not self.first.affine
+        # Without kept output or passthrough channels, the backend's fused batch norm.
+        fused = self.training and not from_output and not passthrough
+        if self.first.affine:
+            c = self.c
+            gamma = to_x([ops.ones((c,)) if prefix is None else
+                          layer._weights[n][f"{prefix}gamma"]
+                          for layer in self.layers for n, prefix in affine])
+            beta = to_x([ops.zeros((c,)) if prefix is None else
+                         layer._weights[n][f"{prefix}beta"]
+                         for layer in self.layers for n, prefix in affine])
+        else:
+            gamma = beta = None
         if self.training:
             # Over the global batch: a data-parallel step equals a one-device step.
-            mean, variance = replicas.moments(ops.stop_gradient(x) if from_output else x,
-                                              axes=(0, 1, 2))
+            if fused:
+                y, mean, variance = batch_normalize(x, gamma, beta, _BN_EPSILON)
+            elif from_output:
+                mean, variance = batch_statistics(x)
+            else:
+                mean, variance = replicas.moments(x, axes=(0, 1, 2))
             if passthrough:
                 mean, variance = mean[:width], variance[:width]
             for moving, batch in ((0, mean), (1, variance)):
@@ -565,18 +588,15 @@ class _Fused:
                     continue
                 for variable, value in zip(variables, ops.split(updated, len(variables))):
                     variable.assign(value)
+            if fused:
+                return ops.cast(y, dtype)
         else:
             mean = to_x([pair[0] for pair in statistics])
             variance = to_x([pair[1] for pair in statistics])
         scale = ops.rsqrt(variance + _BN_EPSILON)
-        if self.first.affine:
-            c = self.c
-            scale = scale * to_x([ops.ones((c,)) if prefix is None else
-                                  layer._weights[n][f"{prefix}gamma"]
-                                  for layer in self.layers for n, prefix in affine])
-            shift = to_x([ops.zeros((c,)) if prefix is None else
-                          layer._weights[n][f"{prefix}beta"]
-                          for layer in self.layers for n, prefix in affine]) - mean * scale
+        if gamma is not None:
+            scale = scale * gamma
+            shift = beta - mean * scale
         else:
             shift = -mean * scale
         mask = None

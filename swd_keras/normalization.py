@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 
+import keras
 from keras import ops
 
 from swd_keras import backend, replicas
@@ -43,6 +44,75 @@ def normalize_from_output(x, scale, shift, mask):
         identity's on the others; ``scale``, ``shift`` and ``mask`` get none.
     """
     return _backend_normalization().normalize_from_output(x, scale, shift, mask)
+
+
+def batch_statistics(x):
+    """The batch statistics of ``normalize_from_output``: per channel of a
+    channels-last ``x``, the mean and (biased) variance over the global batch and the
+    pixels, gradient-free (that gradient is ``normalize_from_output``'s).
+
+    On one replica, by the backend's kernel where it has one (TensorFlow's fused batch
+    norm, PyTorch's ``var_mean``: one op for both); else ``replicas.moments``.
+
+    Args:
+        x: a (b, ..., c) tensor.
+
+    Returns:
+        ``(mean, variance)``, each (c,).
+
+    Example:
+        >>> mean, variance = batch_statistics(keras.ops.ones((4, 8, 8, 16)))
+    """
+    fused = _one_replica_kernel("batch_statistics", x)
+    return fused(x) if fused else _moments(ops.stop_gradient(x))
+
+
+def batch_normalize(x, gamma, beta, epsilon: float):
+    """Training-mode batch normalization of a channels-last ``x`` whose gradient runs
+    through the batch statistics (the BatchNorms whose output is not kept).
+
+    On one replica, by the backend's fused batch norm and its gradient where it has one
+    (TensorFlow's ``FusedBatchNormV3``); else the statistics of ``batch_statistics``'
+    kernels and ``x * scale + shift``, differentiated as written.
+
+    Args:
+        x: a (b, h, w, c) tensor.
+        gamma, beta: (c,) scale and offset, or None (1 and 0).
+        epsilon: added to the variance.
+
+    Returns:
+        ``(y, mean, variance)``: the normalised ``x``, and the batch mean and (biased)
+        variance per channel (for the moving statistics).
+
+    Example:
+        >>> y, mean, variance = batch_normalize(keras.ops.ones((4, 8, 8, 16)), None,
+        ...                                     None, 1e-5)
+    """
+    fused = _one_replica_kernel("batch_normalize", x)
+    if fused:
+        return fused(x, gamma, beta, epsilon)
+    mean, variance = _moments(x)
+    scale = ops.rsqrt(variance + epsilon)
+    if gamma is not None:
+        scale = scale * gamma
+    shift = -mean * scale if beta is None else beta - mean * scale
+    return x * scale + shift, mean, variance
+
+
+def _moments(x):
+    """Mean and biased variance over all axes but the last, with their gradient."""
+    own = _one_replica_kernel("moments", x)
+    return own(x) if own else replicas.moments(x, axes=tuple(range(len(x.shape) - 1)))
+
+
+def _one_replica_kernel(name: str, x):
+    """The backend's function ``name`` if it has one and it applies to ``x`` (one
+    replica, a dtype its kernels take: not float64), else None."""
+    own = getattr(_backend_normalization(), name, None)
+    if (own is None or replicas.num_replicas() != 1 or keras.backend.standardize_dtype(
+            x.dtype) not in ("float16", "bfloat16", "float32")):
+        return None
+    return own
 
 
 @functools.cache

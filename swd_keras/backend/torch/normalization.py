@@ -1,5 +1,7 @@
-"""``normalize_from_output`` on PyTorch: an ``autograd.Function`` that saves the output
-and computes ``swd_keras.normalization.input_gradient``'s formula in place."""
+"""Batch normalization on PyTorch: ``normalize_from_output`` as an ``autograd.Function``
+that saves the output and computes ``swd_keras.normalization.input_gradient``'s formula
+in place, and the batch statistics by ``torch.var_mean`` (one pass, where Keras'
+``moments`` squares the input into a temporary and reduces it and the input apart)."""
 
 from __future__ import annotations
 
@@ -30,3 +32,9 @@ class _NormalizeFromOutput(torch.autograd.Function):
 def normalize_from_output(x, scale, shift, mask):
     """See ``swd_keras.normalization.normalize_from_output``."""
     return _NormalizeFromOutput.apply(x, scale, shift, mask)
+
+
+def moments(x):
+    """The mean and biased variance over all axes but the last (with their gradient)."""
+    variance, mean = torch.var_mean(x, dim=tuple(range(x.dim() - 1)), correction=0)
+    return mean, variance
