@@ -309,8 +309,7 @@ def _torch_profile(step, logdir: str, steps: int = 2) -> dict:
     wall = _profiled(step, prof.start, prof.stop, steps)
     prof.export_chrome_trace(os.path.join(logdir, "trace.json"))
     # Only aten ops: the profiler also records autograd and Python-side events, whose
-    # self time (dispatch overhead, not kernels) can rank among the top on a loaded
-    # machine; the CI run of 2026-12-03 had one there.
+    # self time (dispatch overhead, not kernels) can rank among the top on a loaded machine.
     by_type = collections.Counter({event.key: event.self_cpu_time_total * 1e-6
                                    for event in prof.key_averages()
                                    if event.key.startswith("aten::")})

@@ -106,13 +106,14 @@ def _moments(x):
 
 
 def _one_replica_kernel(name: str, x):
-    """The backend's function ``name`` if it has one and it applies to ``x`` (one
-    replica, a dtype its kernels take: not float64), else None."""
+    """The backend's function ``name`` if it has one and it applies to ``x``: one
+    replica, an image batch (b, h, w, c), a dtype batch-norm kernels take (not
+    float64). Else None."""
     own = getattr(_backend_normalization(), name, None)
-    if (own is None or replicas.num_replicas() != 1 or keras.backend.standardize_dtype(
-            x.dtype) not in ("float16", "bfloat16", "float32")):
-        return None
-    return own
+    applies = (len(x.shape) == 4 and replicas.num_replicas() == 1
+               and keras.backend.standardize_dtype(x.dtype) in ("float16", "bfloat16",
+                                                                "float32"))
+    return own if applies else None
 
 
 @functools.cache

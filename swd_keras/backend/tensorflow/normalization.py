@@ -38,14 +38,10 @@ def batch_normalize(x, gamma, beta, epsilon: float):
 
 
 def _fused_batch_norm(x, gamma, beta, epsilon):
-    """``FusedBatchNormV3`` in training mode on a channels-last ``x``: (y, mean, biased
+    """``FusedBatchNormV3`` in training mode on a (b, h, w, c) ``x``: (y, mean, biased
     variance). Its gradient is TensorFlow's (through y only: the statistics it returns
     are gradient-free)."""
     x = tf.convert_to_tensor(x)
-    rank = x.shape.rank
-    if rank != 4:  # the kernel takes NHWC: pixels of any rank as one row
-        shape = tf.shape(x)
-        x = tf.reshape(x, [shape[0], 1, -1, shape[-1]])
     channels = x.shape[-1]
     gamma = tf.ones((channels,)) if gamma is None else tf.convert_to_tensor(gamma)
     beta = tf.zeros((channels,)) if beta is None else tf.convert_to_tensor(beta)
@@ -61,4 +57,4 @@ def _fused_batch_norm(x, gamma, beta, epsilon):
         variance = tf.math.divide_no_nan(unbiased * (count - 1), count)
     else:  # one value per channel: variance 0 (the kernel's correction divides by 0)
         variance = unbiased * ((count - 1) / count) if count > 1 else tf.zeros_like(unbiased)
-    return (y if rank == 4 else tf.reshape(y, shape)), mean, variance
+    return y, mean, variance
