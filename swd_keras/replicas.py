@@ -112,6 +112,10 @@ def moments(x, axes: Sequence[int]):
     return mean, ops.maximum(mean_square - ops.square(mean), 0.0)
 
 
+def _squared_norms(tensors: Sequence):
+    return ops.stack([ops.sum(ops.square(t)) for t in tensors])
+
+
 def clip_by_global_norm(grads: Sequence, clip_norm: float) -> list:
     """``grads`` scaled so that the gradient of the whole step (summed over the
     replicas) has a global norm of at most ``clip_norm``.
@@ -120,8 +124,9 @@ def clip_by_global_norm(grads: Sequence, clip_norm: float) -> list:
     1 / clip_norm)`` (NaN where the norm is not finite), with ``norm`` the global norm
     of the all-replica gradient sum, so each replica's share of the gradient is scaled
     by the same factor and their sum is clipped as one gradient; one device stays
-    bit-for-bit Keras' own clipping. Across replicas this costs an all-reduce of the
-    gradients before the optimizer's own.
+    bit-for-bit Keras' own clipping. The squared norms are the backend's
+    ``squared_norms`` where it has one (TensorFlow: one kernel per gradient). Across
+    replicas this costs an all-reduce of the gradients before the optimizer's own.
 
     Args:
         grads: the gradients; ``None`` entries are kept and not counted (all
@@ -138,7 +143,8 @@ def clip_by_global_norm(grads: Sequence, clip_norm: float) -> list:
     if not present:
         return list(grads)
     total = sum_over_replicas(present)
-    norm = ops.sqrt(ops.sum(ops.stack([ops.sum(ops.square(g)) for g in total])))
+    squared_norms = getattr(_backend(), "squared_norms", _squared_norms)
+    norm = ops.sqrt(ops.sum(squared_norms(total)))
     scale = clip_norm * ops.minimum(1.0 / norm, 1.0 / clip_norm)
     scale = scale + (norm - norm)
     return [None if g is None else g * scale for g in grads]

@@ -85,6 +85,27 @@ def test_torch_sgd_leaves_variables_without_gradient_alone():
                                    atol=1e-6)
 
 
+def test_torch_sgd_tensorflow_step_graph_reads_the_learning_rate_once():
+    # Per added variable the traced update adds one read (its weight decay) and one
+    # L2Loss (its share of the clipping norm): the learning-rate variable is read once
+    # per graph, not once per variable.
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the step graph is TensorFlow's")
+    import tensorflow as tf
+
+    def count(n):
+        variables = [keras.Variable(np.ones((3, 2), "float32")) for _ in range(n)]
+        optimizer = TorchSGD(0.1, momentum=0.9, weight_decay=0.01, global_clipnorm=1.0)
+        optimizer.build(variables)
+        step = tf.function(lambda grads: optimizer.apply(grads, variables))
+        graph = step.get_concrete_function([tf.ones((3, 2))] * n).graph
+        types = [op.type for op in graph.get_operations()]
+        return types.count("ReadVariableOp"), types.count("L2Loss")
+
+    (reads_3, norms_3), (reads_6, norms_6) = count(3), count(6)
+    assert (reads_6 - reads_3, norms_3, norms_6) == (3, 3, 6)
+
+
 def test_torch_sgd_fused_tensorflow_step_is_the_keras_ops_step(monkeypatch):
     # On TensorFlow, TorchSGD's update is one ResourceApplyMomentum per variable
     # (backend/tensorflow/sgd.py); it must be the keras.ops update up to the rounding

@@ -8,12 +8,14 @@ six (two reads, two products, a sum and two assignments, less what they share), 
 the search step updates about 1,450 variables: its optimizer was over half of the step
 graph's operations, whose tracing and executor set-up are most of the time before the
 first step. For the same reason the scalar factors are made once (``_scalar``) and
-captured by each step graph, instead of as two constants per variable.
+captured by each step graph, instead of as two constants per variable, and the learning
+rate is read once per graph (``_learning_rate``), instead of once per variable.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 
 import keras
 import tensorflow as tf
@@ -25,6 +27,27 @@ def _scalar(value: float, dtype: tf.DType) -> tf.Tensor:
     of its operations read it."""
     with tf.init_scope():
         return tf.constant(value, dtype)
+
+
+# For each graph being traced: {(id(learning_rate), dtype): weak references to the
+# learning rate and its read}. Weak, so that the cache keeps no graph alive.
+_READS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _learning_rate(learning_rate, dtype: tf.DType) -> tf.Tensor:
+    """``learning_rate`` (Keras passes its variable to every update) as a ``dtype``
+    tensor, read once per traced graph: converting the variable for each update adds a
+    read per variable. Each ``tf.distribute`` device's copy of the variable, and each
+    branch or loop-body graph, has its own read."""
+    if not tf.inside_function():
+        return tf.cast(learning_rate, dtype)
+    reads = _READS.setdefault(tf.compat.v1.get_default_graph(), {})
+    key = (id(learning_rate), dtype)
+    source, read = reads.get(key, (None, None))
+    if source is None or source() is not learning_rate or read() is None:
+        read = weakref.ref(tf.cast(learning_rate, dtype))
+        reads[key] = (weakref.ref(learning_rate), read)
+    return read()
 
 
 def momentum_step(variable, buffer, gradient, learning_rate, momentum: float,
@@ -47,6 +70,6 @@ def momentum_step(variable, buffer, gradient, learning_rate, momentum: float,
         gradient = gradient + _scalar(weight_decay, variable.dtype) * variable
     tf.raw_ops.ResourceApplyMomentum(
         var=variable.handle, accum=buffer.handle,
-        lr=tf.cast(learning_rate, variable.dtype), grad=gradient,
+        lr=_learning_rate(learning_rate, variable.dtype), grad=gradient,
         momentum=_scalar(momentum, variable.dtype), use_locking=False,
         use_nesterov=False)
