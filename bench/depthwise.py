@@ -1,6 +1,6 @@
 """Depthwise convolution on JAX: XLA's grouped convolution against shifted products.
 
-On JAX, ``swd_keras.fused_ops.depthwise_conv`` is
+On JAX, ``swd_keras.kernels.depthwise_conv`` is
 ``swd_keras.backend.jax.kernels.depthwise_conv``: a sum of the kernel's shifted,
 per-channel products, because XLA's CPU gradient of a grouped convolution is very slow.
 This script times both, forward and forward + backward (``jax.jit(jax.grad(...))`` with

@@ -16,7 +16,8 @@ import numpy as np
 from keras import layers, ops
 
 from swd_keras.attention import top_channels, write_back
-from swd_keras.fused_ops import compute_candidates, max_pool
+from swd_keras.fused_ops import compute_candidates
+from swd_keras.kernels import max_pool
 from swd_keras.mixed_op import SWDMixedOp
 
 

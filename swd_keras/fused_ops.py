@@ -36,8 +36,8 @@ parameter counts); only the BatchNorms' moving statistics are stored concatenate
 pair of vectors per fused BatchNorm. The ``none`` operation is not computed: its output
 is the constant zero, which callers add where they need it.
 
-On backends with their own kernels (``swd_keras/backend/<name>/kernels.py``: JAX's and
-PyTorch's) the convolutions and pools use those, picked once at import.
+The convolutions and pools are ``swd_keras.kernels``': on JAX and PyTorch the backend's
+own forms, picked once at import.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from swd_keras import backend, replicas
+from swd_keras import replicas
+from swd_keras.kernels import average_pool, depthwise_conv, max_pool, pointwise_conv, same_padding
 from swd_keras.normalization import batch_normalize, batch_statistics, normalize_from_output
 from swd_keras.ops import (
     _BN_EPSILON,
@@ -57,7 +58,6 @@ from swd_keras.ops import (
     check_primitives,
     get_primitive,
     make_op,
-    same_padding,
 )
 
 _DILATION = 2
@@ -76,43 +76,6 @@ def _real_pixel_scale(h: int, w: int, window: int, strides: int) -> np.ndarray:
         counts.append(np.lib.stride_tricks.sliding_window_view(real, window)[::strides]
                       .sum(axis=1))
     return (window * window / np.outer(*counts))[None, :, :, None].astype("float32")
-
-
-def _keras_depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1):
-    return ops.depthwise_conv(x, kernel, strides=strides, padding="same",
-                              dilation_rate=dilation_rate)
-
-
-def _keras_max_pool(x, size: int, strides: int):
-    return ops.max_pool(x, size, strides, padding="same")
-
-
-def _keras_pointwise_conv(x, kernel):
-    return ops.conv(x, kernel, padding="valid")
-
-
-def _keras_average_pool(x, size: int, strides: int):
-    return ops.average_pool(x, size, strides, padding="valid")
-
-
-_KERNELS = backend.module("kernels")
-
-depthwise_conv = getattr(_KERNELS, "depthwise_conv", _keras_depthwise_conv)
-"""``depthwise_conv(x, kernel, strides=1, dilation_rate=1)``:
-``ops.depthwise_conv(x, kernel, strides, "same", dilation_rate)``, channels last, by the
-running backend's kernel where it has one (``swd_keras/backend/jax/kernels.py``)."""
-
-max_pool = getattr(_KERNELS, "max_pool", _keras_max_pool)
-"""``max_pool(x, size, strides)``: ``ops.max_pool(x, size, strides, padding="same")``,
-channels last, by the running backend's kernel where it has one."""
-
-pointwise_conv = getattr(_KERNELS, "pointwise_conv", _keras_pointwise_conv)
-"""``pointwise_conv(x, kernel)``: ``ops.conv(x, kernel, padding="valid")`` for a
-(1, 1, c, c') kernel, channels last, by the running backend's kernel where it has one."""
-
-average_pool = getattr(_KERNELS, "average_pool", _keras_average_pool)
-"""``average_pool(x, size, strides)``: ``ops.average_pool(x, size, strides,
-padding="valid")``, channels last, by the running backend's kernel where it has one."""
 
 
 def _concat(tensors: list, axis: int = -1):

@@ -19,7 +19,8 @@ from swd_keras.attention import (
     select_channels,
     write_back,
 )
-from swd_keras.fused_ops import CandidateOps, max_pool
+from swd_keras.fused_ops import CandidateOps
+from swd_keras.kernels import max_pool
 from swd_keras.ops import PRIMITIVES, check_primitives
 
 

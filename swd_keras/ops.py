@@ -22,6 +22,7 @@ import keras
 from keras import layers, ops
 
 from swd_keras import replicas
+from swd_keras.kernels import pointwise_conv, same_padding
 from swd_keras.replica_batch_norm import ReplicaBatchNormalization
 
 PRIMITIVES: tuple[str, ...] = (
@@ -55,13 +56,6 @@ def make_batch_norm(affine: bool, name: str | None = None) -> layers.BatchNormal
                 name=name, synchronized=synchronized)
 
 
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """The (before, after) padding of ``padding="same"`` along one axis (TF's rule)."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
 class _Composite(layers.Layer):
     """A layer made of a fixed chain of sublayers, built directly in ``build()``.
 
@@ -88,6 +82,11 @@ class _Composite(layers.Layer):
 @keras.saving.register_keras_serializable(package="swd_keras")
 class ReLUConvBN(_Composite):
     """ReLU, a bias-free convolution, then BatchNorm.
+
+    A 1x1 convolution of stride 1 (the cells' preprocessing) is computed by
+    ``kernels.pointwise_conv`` with the ``conv`` layer's kernel: on PyTorch one matrix
+    product of the channels-last pixels, where Keras' ``Conv2D`` copies its input to
+    channels-first and its output back.
 
     Args:
         filters: output channels.
@@ -119,7 +118,12 @@ class ReLUConvBN(_Composite):
         return [self.conv, self.bn]
 
     def call(self, x, training=None):
-        return self.bn(self.conv(ops.relu(x)), training=training)
+        x = ops.relu(x)
+        if self.kernel_size == 1 and self.strides == 1:
+            x = pointwise_conv(x, self.conv.kernel)
+        else:
+            x = self.conv(x)
+        return self.bn(x, training=training)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters,

@@ -8,14 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from swd_keras.fused_ops import (
-    CandidateOps,
-    average_pool,
-    compute_candidates,
-    depthwise_conv,
-    max_pool,
-    pointwise_conv,
-)
+from swd_keras.fused_ops import CandidateOps, compute_candidates
+from swd_keras.kernels import average_pool, depthwise_conv, max_pool, pointwise_conv
 from swd_keras.ops import (
     PRIMITIVES,
     DilConv,

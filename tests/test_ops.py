@@ -42,6 +42,28 @@ def test_sep_conv_is_two_dil_conv_blocks(kernel, stride):
 
 
 @pytest.mark.backend
+@pytest.mark.parametrize("stride", [1, 2])
+def test_relu_conv_bn_1x1_matches_reference(stride):
+    # Stride 1 is the cells' preprocessing (kernels.pointwise_conv), stride 2 Conv2D's.
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(4, 6, 6, 5)) * 2 + 1).astype("float32")
+    layer = swd_ops.ReLUConvBN(3, 1, stride, affine=True)
+    layer.build(x.shape)
+    gamma, beta = rng.uniform(0.5, 1.5, 3).astype("float32"), rng.normal(size=3).astype("float32")
+    layer.bn.gamma.assign(gamma)
+    layer.bn.beta.assign(beta)
+    (kernel,) = _weights(layer, "conv/kernel")
+    conv = ref.pointwise_conv(ref.relu(x), kernel, stride)
+    np.testing.assert_allclose(to_np(layer(x, training=False)),
+                               ref.batch_norm_inference(conv, gamma, beta), atol=1e-5)
+    y = to_np(layer(x, training=True))
+    expected = ref.batch_norm_inference(conv, gamma, beta, conv.mean(axis=(0, 1, 2)),
+                                        conv.var(axis=(0, 1, 2)))
+    np.testing.assert_allclose(y, expected, atol=1e-4)
+    assert y.shape == (4, -(-6 // stride), -(-6 // stride), 3)
+
+
+@pytest.mark.backend
 @pytest.mark.parametrize("size", [8, 5])
 def test_factorized_reduce_matches_reference(size):
     x = np.random.randn(2, size, size, 4).astype("float32")

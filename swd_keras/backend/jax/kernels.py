@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 from keras import ops
 
-from swd_keras.ops import same_padding
+from swd_keras.kernels import same_padding
 
 
 def depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1):

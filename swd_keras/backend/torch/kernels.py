@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from keras import ops
 
-from swd_keras.ops import same_padding
+from swd_keras.kernels import same_padding
 
 
 def _channels_first(x):
