@@ -24,8 +24,11 @@ import shutil
 import sys
 from pathlib import Path
 
+# Four candidate ops (a conv, a skip, a pool, none): what these runs check, the run
+# folder and the resume on every worker, does not depend on them, and tracing the
+# multi-worker step grows with their number.
 SEARCH = dict(dataset="synthetic", epochs=2, layers=1, channels=4, k=2, batch_size=8, limit=16,
-              jit=False)
+              jit=False, primitives=("sep_conv_3x3", "skip_connect", "max_pool_3x3", "none"))
 TRAIN = dict(genotype="darts_v2", dataset="synthetic", epochs=2, layers=3, channels=4,
              batch_size=8, limit=16)
 
