@@ -36,8 +36,8 @@ parameter counts); only the BatchNorms' moving statistics are stored concatenate
 pair of vectors per fused BatchNorm. The ``none`` operation is not computed: its output
 is the constant zero, which callers add where they need it.
 
-The convolutions and pools are ``swd_keras.kernels``': on JAX and PyTorch the backend's
-own forms, picked once at import.
+The convolutions and pools come from ``swd_keras.kernels``: on JAX and PyTorch the
+backend's own forms, picked once at import.
 """
 
 from __future__ import annotations

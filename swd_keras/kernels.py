@@ -1,5 +1,6 @@
-"""The convolutions and pools of the candidate ops, by the running backend's own kernel
-where ``swd_keras/backend/<name>/kernels.py`` has one, else by ``keras.ops``.
+"""The convolutions and pools of the candidate ops and of the cells' preprocessing, by
+the running backend's own kernel where ``swd_keras/backend/<name>/kernels.py`` has one,
+else by ``keras.ops``.
 
 Each computes the same values as the ``keras.ops`` call its docstring names, channels
 last; the backends' forms differ in speed and memory only (docs/BENCHMARKS.md).

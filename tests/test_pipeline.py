@@ -17,19 +17,19 @@ from swd_keras.data import train_data
 from swd_keras.genotype import Genotype
 from swd_keras.pipeline import PipelineConfig, pipeline_config, run_pipeline
 from swd_keras.runs import completed_epochs
+from tests.test_search import SMALL_OPS
 
 # Two search cells (normal, reduce: DARTS' pair) retrained as three cells, tiny everything.
 # Four candidate ops (a conv, a skip, a pool, none): the pipeline's stages do not depend
 # on which, and the search's tracing grows with their number.
-PRIMITIVES = ("sep_conv_3x3", "skip_connect", "max_pool_3x3", "none")
 TINY_SEARCH = {"epochs": 2, "channels": 8, "layers": 2, "batch_size": 16, "limit": 32,
-               "primitives": PRIMITIVES}
+               "primitives": SMALL_OPS}
 TINY_RETRAIN = {"epochs": 2, "channels": 4, "layers": 3, "batch_size": 16, "limit": 32}
 # The same settings as flags (--limit sets both stages' limit).
 TINY_FLAGS = ["--dataset", "digits", "--search-epochs", "2", "--search-channels", "8",
               "--search-layers", "2", "--search-batch-size", "16", "--train-epochs", "2",
               "--train-channels", "4", "--train-layers", "3", "--train-batch-size", "16",
-              "--limit", "32", "--primitives", ",".join(PRIMITIVES)]
+              "--limit", "32", "--primitives", ",".join(SMALL_OPS)]
 
 
 def _run(*args, catch_exceptions=True):
